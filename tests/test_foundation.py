@@ -239,3 +239,11 @@ def test_index_links_point_to_real_notebooks():
 def test_ci_runs_make_test():
     assert 'make test' in (ROOT / '.ci' / 'run').read_text()
     assert os.access(ROOT / '.ci' / 'run', os.X_OK)
+
+
+def test_unsupported_python_is_named(monkeypatch):
+    "`make test` on an unsupported Python stops with the versions that work."
+    import runpy
+    monkeypatch.setattr(sys, 'version_info', (3, 9, 18, 'final', 0))
+    with pytest.raises(SystemExit) as stop: runpy.run_path(str(ROOT / 'scripts' / 'check_python.py'))
+    assert '3.11, 3.12, 3.13' in str(stop.value.code) and '3.9.18' in str(stop.value.code)
