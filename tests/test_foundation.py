@@ -247,3 +247,28 @@ def test_unsupported_python_is_named(monkeypatch):
     monkeypatch.setattr(sys, 'version_info', (3, 9, 18, 'final', 0))
     with pytest.raises(SystemExit) as stop: runpy.run_path(str(ROOT / 'scripts' / 'check_python.py'))
     assert '3.11, 3.12, 3.13' in str(stop.value.code) and '3.9.18' in str(stop.value.code)
+
+
+def _docs_executed_cells_with_other_code():
+    "Cells nbdev's docs processing would execute out of context: an import plus top-level code (not in an export cell)."
+    import ast
+    allowed = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    bad = []
+    for nb_path in sorted((ROOT / 'nbs').rglob('*.ipynb')):
+        if '.ipynb_checkpoints' in nb_path.parts: continue
+        for i, cell in enumerate(json.loads(nb_path.read_text())['cells']):
+            src = ''.join(cell['source'])
+            if cell['cell_type'] != 'code' or re.search(r'^#\|\s*(export|exporti|exports|eval:\s*false)', src, re.M): continue
+            if 'nbdev_export()' in src: continue
+            try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
+            except SyntaxError: continue
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)) and \
+               not all(isinstance(n, allowed) for n in tree.body):
+                bad.append(f'{nb_path.relative_to(ROOT)} cell {i}: {src.splitlines()[0][:60]}')
+    return bad
+
+
+def test_notebook_imports_stand_alone():
+    "nbdev's docs build runs every cell that imports something; such a cell must not depend on other cells."
+    bad = _docs_executed_cells_with_other_code()
+    assert not bad, 'put imports in a cell of their own:\n' + '\n'.join(bad)
