@@ -84,7 +84,8 @@ def run_pytest(workers: int) -> tuple:
         xml = Path(tmp) / 'junit.xml'
         args = [str(BIN / 'python'), '-m', 'pytest', 'tests', '-q', f'--junitxml={xml}', '-p', 'no:cacheprovider']
         if workers > 1: args += ['-n', str(workers)]
-        env = dict(os.environ, LLM_LAB_QUIET='1', MPLBACKEND='Agg')
+        env = dict(os.environ, LLM_LAB_QUIET='1', MPLBACKEND='Agg',
+                   OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // workers)))  # tiny tensors: threads only fight
         rc = subprocess.run(args, cwd=ROOT, env=env).returncode
         if not xml.exists():
             print(f'✗ pytest exited {rc} without a report'); return 0, 1, 0
