@@ -177,8 +177,7 @@ def _embed(self: VariantLM, idx: torch.Tensor, offset: int) -> torch.Tensor:
 def _bias(self: VariantLM, t_q: int, t_k: int, offset: int):
     "The score bias of ALiBi or T5 (H, Tq, Tk), or None for the other schemes."
     if self.cfg.pos == 'alibi':
-        b = alibi_bias(self.cfg.n_head, t_q, t_k, offset)
-        return b if not self.cfg.causal else b   # causal masking is applied by score_mask
+        return alibi_bias(self.cfg.n_head, t_q, t_k, offset)  # symmetric in distance; score_mask adds causality
     if self.cfg.pos == 't5': return self.t5(t_q, t_k, offset)
     return None
 
@@ -189,7 +188,7 @@ def _forward(self: VariantLM, idx: torch.Tensor, # (B, T) token ids
     "Returns (logits (B, T, V), loss or None, new memories or None)."
     B, T = idx.shape
     M = 0 if not mems else mems[0].shape[1]
-    x = self.embed(idx, M if self.cfg.pos == 'learned' and False else 0)
+    x = self.embed(idx, 0)  # absolute positions restart in every segment: why Transformer-XL needs relative ones
     bias = self.bias(T, M + T, M)
     mask = score_mask(self.cfg, T, M + T, M, None if bias is None else bias).to(x.device)
     new_mems = []
