@@ -15,8 +15,8 @@ import torch
 # %% auto #0
 __all__ = ['LAB_STYLE', 'COMMANDS', 'OPTIONAL_PACKAGES', 'device_available', 'get_device', 'autocast_dtype', 'seed_everything',
            'cache_dir', 'patch_to', 'embedded_corpus', 'quiet', 'progress', 'lab_style', 'subplots', 'has_triton',
-           'use_triton_interpreter', 'triton_status', 'CheckFailed', 'CheckReport', 'check_function', 'main', 'doctor',
-           'doctor_cli']
+           'use_triton_interpreter', 'triton_status', 'CheckFailed', 'CheckReport', 'not_attempted', 'check_function',
+           'main', 'doctor', 'doctor_cli']
 
 # %% ../nbs/0_the_lab/00_core.ipynb #0502a95b
 _DEVICE_KINDS = ('cuda', 'mps', 'cpu')
@@ -199,17 +199,35 @@ def _first_mismatch(got, want, atol, rtol) -> str | None:
 # %% ../nbs/0_the_lab/00_core.ipynb #546387a6
 @dataclass
 class CheckReport:
-    "What a checker found: the name, the trials that passed, and the first failure (if any)."
+    "What a checker found: the name, the trials that passed, the first failure (if any), and whether there was an attempt at all."
     name: str
     trials: int = 0
     passed: int = 0
     failure: str | None = None
+    attempted: bool = True  # False while the learner's function still raises NotImplementedError
     @property
-    def ok(self) -> bool: return self.failure is None and self.passed == self.trials
+    def ok(self) -> bool: return self.attempted and self.failure is None and self.passed == self.trials
     def __str__(self):
+        if not self.attempted:
+            return (f"⏳ {self.name}: not written yet. Replace `raise NotImplementedError` with your code, "
+                    f"then run this cell again.")
         if self.ok: return f"✅ {self.name}: {self.passed}/{self.trials} random trials match the reference"
         return f"❌ {self.name}: {self.passed}/{self.trials} trials passed before this one failed\n   {self.failure}"
     def _repr_markdown_(self): return str(self).replace('\n   ', '<br>&nbsp;&nbsp;&nbsp;')
+
+def not_attempted(name: str) -> CheckReport:
+    "The report of a checker whose exercise is still a stub: printed, never raised, so the notebook runs on."
+    report = CheckReport(name, attempted=False)
+    print(report)
+    return report
+
+def _hint_for(hints, got, want, args) -> str:
+    "The first hint whose predicate recognises this mismatch (a predicate that errors counts as no)."
+    for predicate, text in hints or ():
+        try:
+            if predicate(got, want, args): return f"\n   hint: {text}"
+        except Exception: pass
+    return ''
 
 def check_function(name: str, # what is checked, for the report
                    fn: Callable, # the learner's function
@@ -219,6 +237,7 @@ def check_function(name: str, # what is checked, for the report
                    atol: float = 1e-6, rtol: float = 1e-5, # tolerance for float results
                    seed: int | None = None, # None: fresh inputs each call; an int: repeatable
                    raise_on_fail: bool = True, # raise CheckFailed (else just return the report)
+                   hints: list | None = None, # [(predicate(got, want, args) -> bool, 'likely mistake'), ...]
                   ) -> CheckReport:
     "Run `fn` and `reference` on `trials` fresh random inputs and compare; raise `CheckFailed` on the first mismatch."
     gen = torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
@@ -229,11 +248,12 @@ def check_function(name: str, # what is checked, for the report
         want = reference(*args)
         shapes = ', '.join(_describe(a) for a in args)
         try: got = fn(*args)
+        except NotImplementedError: return not_attempted(name)  # still the stub: say so, don't stop the notebook
         except Exception as e:
             report.failure = f"trial {t + 1}: your function raised {type(e).__name__}: {e} (inputs: {shapes})"
             break
         if (msg := _first_mismatch(got, want, atol, rtol)) is not None:
-            report.failure = f"trial {t + 1} (inputs: {shapes}): {msg}"
+            report.failure = f"trial {t + 1} (inputs: {shapes}): {msg}{_hint_for(hints, got, want, args)}"
             break
         report.passed += 1
     if raise_on_fail and not report.ok: raise CheckFailed(str(report))

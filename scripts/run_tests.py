@@ -85,6 +85,7 @@ def run_pytest(workers: int) -> tuple:
         args = [str(BIN / 'python'), '-m', 'pytest', 'tests', '-q', f'--junitxml={xml}', '-p', 'no:cacheprovider']
         if workers > 1: args += ['-n', str(workers)]
         env = dict(os.environ, LLM_LAB_QUIET='1', MPLBACKEND='Agg',
+                   LLM_LAB_REQUIRE_ALL='1',  # a missing parity dependency fails here instead of skipping (tests/conftest.py)
                    OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // workers)))  # tiny tensors: threads only fight
         rc = subprocess.run(args, cwd=ROOT, env=env).returncode
         if not xml.exists():

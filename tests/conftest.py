@@ -13,3 +13,19 @@ from hypothesis import settings, HealthCheck
 # CI machines are small and shared: judge correctness, never speed (no per-example deadline).
 settings.register_profile('llm_lab', deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile('llm_lab')
+
+import importlib
+import pytest
+
+
+def require(module: str):
+    """Import an optional test dependency (transformers, tokenizers, peft…) and return it.
+
+    Under `make test`, which installs every dependency and sets LLM_LAB_REQUIRE_ALL=1, a missing one FAILS
+    the test: a parity check must never vanish silently. Run by hand without it, the test is skipped."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if os.environ.get('LLM_LAB_REQUIRE_ALL') == '1':
+            pytest.fail(f"{module!r} is required by `make test` but does not import: {e}", pytrace=False)
+        pytest.skip(f"{module!r} is not installed ({e})")
