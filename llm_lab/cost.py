@@ -11,19 +11,19 @@ from typing import Any, Callable
 import torch
 
 from .core import check_function, CheckReport, subplots, get_device
+from .hardware import HardwareSpec, HARDWARE, get_gpu, gpu_for_device_name, lookup, gpus_cli
 
 # %% auto #0
-__all__ = ['PRECISION_BYTES', 'FLOP_METHODS', 'HARDWARE', 'MODELS', 'OPTIMIZER_BYTES', 'CHECKPOINTING', 'HOFFMANN', 'BESIROGLU',
+__all__ = ['PRECISION_BYTES', 'FLOP_METHODS', 'MODELS', 'OPTIMIZER_BYTES', 'CHECKPOINTING', 'HOFFMANN', 'BESIROGLU',
            'parse_quantity', 'fmt_si', 'ModelSpec', 'param_breakdown', 'param_count', 'non_embedding_params',
            'flops_breakdown', 'flops_per_token', 'train_flops', 'pf_days', 'megatron_flops_per_iteration',
-           'HardwareSpec', 'get_gpu', 'CatalogModel', 'get_model', 'activation_bytes_per_layer', 'training_memory',
-           'kv_cache_bytes', 'inference_memory', 'max_batch_size', 'energy_mwh', 'co2_tonnes', 'TrainingEstimate',
-           'estimate_training', 'ScalingLaw', 'compute_optimal', 'plot_isoflop', 'InferenceEstimate',
-           'estimate_inference', 'plot_decode_roofline', 'count_forward_flops', 'predicted_forward_flops',
-           'measure_activation_bytes', 'matmul_flops_per_s', 'gpu_from_device_name', 'MFUReport', 'measure_mfu',
-           'PublishedFigure', 'implied_mfu', 'published_figures', 'plot_published', 'min_gpus_to_fit', 'plot_budget',
-           'budget_widget', 'cost_cli', 'gpus_cli', 'models_cli', 'check_param_count', 'check_kv_cache_bytes',
-           'check_compute_optimal']
+           'CatalogModel', 'get_model', 'activation_bytes_per_layer', 'training_memory', 'kv_cache_bytes',
+           'inference_memory', 'max_batch_size', 'energy_mwh', 'co2_tonnes', 'TrainingEstimate', 'estimate_training',
+           'ScalingLaw', 'compute_optimal', 'plot_isoflop', 'InferenceEstimate', 'estimate_inference',
+           'plot_decode_roofline', 'count_forward_flops', 'predicted_forward_flops', 'measure_activation_bytes',
+           'matmul_flops_per_s', 'MFUReport', 'measure_mfu', 'PublishedFigure', 'implied_mfu', 'published_figures',
+           'plot_published', 'min_gpus_to_fit', 'plot_budget', 'budget_widget', 'cost_cli', 'models_cli',
+           'check_param_count', 'check_kv_cache_bytes', 'check_compute_optimal']
 
 # %% ../nbs/8_money/21_cost.ipynb #7e4bb9b0
 _SUFFIX = {'k': 1e3, 'K': 1e3, 'M': 1e6, 'B': 1e9, 'G': 1e9, 'T': 1e12, 'P': 1e15, 'E': 1e18}
@@ -204,87 +204,6 @@ def megatron_flops_per_iteration(batch: int, seq_len: int, n_layer: int, d_model
     if recompute: return 96 * B * s * l * h**2 * (1 + s / (6 * h) + V / (16 * l * h))
     return 72 * B * s * l * h**2 * (1 + s / (6 * h) + V / (12 * l * h))
 
-# %% ../nbs/8_money/21_cost.ipynb #1fac64d1
-@dataclass(frozen=True)
-class HardwareSpec:
-    "An accelerator: dense peak TFLOP/s per precision, memory, bandwidth, power and an indicative price, with sources."
-    key: str                  # short name used on the command line, e.g. 'h100-sxm'
-    name: str                 # full name
-    vendor: str
-    tflops: dict              # dense peak TFLOP/s (TOPS for int8) per precision: fp32, tf32, bf16, fp16, fp8, int8
-    memory_gb: float          # memory as the vendor states it (we count it as 10^9 bytes, the conservative reading)
-    bandwidth_gbs: float      # memory bandwidth, GB/s
-    tdp_w: float | None       # board power (TDP), watts; None where unpublished
-    price_per_hour: float | None  # indicative on-demand USD per accelerator-hour (None: not rented publicly)
-    price_source: str         # where the price is from, with its date
-    source: str               # datasheet or paper for the other numbers; doubts stated here
-
-    def peak_flops(self, precision: str = 'bf16', # the number format of the matmuls
-                  ) -> float:
-        "Dense peak FLOP/s (not TFLOP/s) for `precision`."
-        if precision not in self.tflops or self.tflops[precision] is None:
-            have = [k for k, v in self.tflops.items() if v]
-            raise ValueError(f"{self.key} has no {precision!r} peak in the catalog; it has {have}")
-        return self.tflops[precision] * 1e12
-
-    @property
-    def memory_bytes(self) -> float: return self.memory_gb * 1e9
-
-# %% ../nbs/8_money/21_cost.ipynb #acdd8631
-def _hw(key, name, vendor, fp32, tf32, bf16, fp16, fp8, int8, mem, bw, tdp, price, price_source, source):
-    t = dict(fp32=fp32, tf32=tf32, bf16=bf16, fp16=fp16, fp8=fp8, int8=int8)
-    return HardwareSpec(key, name, vendor, {k: v for k, v in t.items() if v is not None}, mem, bw, tdp, price, price_source, source)
-
-HARDWARE: dict[str, HardwareSpec] = {h.key: h for h in [
-    _hw('v100-32gb', 'NVIDIA V100 SXM2 32GB', 'NVIDIA', 15.7, None, None, 125, None, None, 32, 900, 300, 1.50,
-        "Lambda's 'OpenAI's GPT-3 Language Model: A Technical Overview' (June 2020) priced V100s at $1.50/h",
-        'NVIDIA Tesla V100 datasheet (2018): 15.7 TFLOP/s fp32, 125 fp16 tensor; no bf16'),
-    _hw('a100-40gb', 'NVIDIA A100 SXM4 40GB', 'NVIDIA', 19.5, 156, 312, 312, None, 624, 40, 1555, 400, 1.29,
-        'Lambda on-demand list price, 2024 (indicative)', 'NVIDIA A100 datasheet (2020/2021), dense (non-sparse) tensor figures'),
-    _hw('a100-80gb', 'NVIDIA A100 SXM4 80GB', 'NVIDIA', 19.5, 156, 312, 312, None, 624, 80, 2039, 400, 1.79,
-        'Lambda on-demand list price, 2024 (indicative)', 'NVIDIA A100 datasheet (2021), dense tensor figures; 2039 GB/s HBM2e'),
-    _hw('h100-sxm', 'NVIDIA H100 SXM5 80GB', 'NVIDIA', 67, 494.7, 989.4, 989.4, 1978.9, 1978.9, 80, 3350, 700, 2.99,
-        'Lambda on-demand list price (8x H100 SXM), 2024-25 (indicative)', 'NVIDIA H100 datasheet (2023): sparse figures halved to dense'),
-    _hw('h100-pcie', 'NVIDIA H100 PCIe 80GB', 'NVIDIA', 51, 378, 756, 756, 1513, 1513, 80, 2000, 350, 2.49,
-        'Lambda on-demand list price, 2024 (indicative)', 'NVIDIA H100 datasheet (2023), PCIe column: sparse figures halved; TDP 300-350 W'),
-    _hw('h200', 'NVIDIA H200 SXM 141GB', 'NVIDIA', 67, 494.7, 989.4, 989.4, 1978.9, 1978.9, 141, 4800, 700, 3.50,
-        'indicative 2025 on-demand range $3-4.5/h (uncertain)', 'NVIDIA H200 datasheet (2024): same compute as H100 SXM, 141 GB HBM3e at 4.8 TB/s'),
-    _hw('b200', 'NVIDIA B200 (HGX) 180GB', 'NVIDIA', 75, 1100, 2250, 2250, 4500, 4500, 180, 8000, 1000, 5.00,
-        'indicative 2025 on-demand range $4-7/h (uncertain)',
-        'NVIDIA DGX/HGX B200 datasheet (2024), per GPU = system / 8, sparse halved; fp32 and TDP (1000-1200 W by system) uncertain'),
-    _hw('l4', 'NVIDIA L4 24GB', 'NVIDIA', 30.3, 60, 121, 121, 242.5, 242.5, 24, 300, 72, 0.71,
-        'Google Cloud g2-standard-4 on-demand, us-central1, 2024 (includes the VM; indicative)', 'NVIDIA L4 datasheet (2023), sparse halved'),
-    _hw('rtx-4090', 'NVIDIA GeForce RTX 4090 24GB', 'NVIDIA', 82.6, 82.6, 165.2, 165.2, 330.3, 660.6, 24, 1008, 450, 0.40,
-        'community GPU clouds (vast.ai, RunPod), 2024 (indicative)',
-        'NVIDIA Ada Lovelace architecture whitepaper (2022), dense, fp16/bf16 with fp32 accumulate; fp8 with fp32 accumulate uncertain'),
-    _hw('tpu-v4', 'Google TPU v4', 'Google', None, None, 275, None, None, 275, 32, 1200, 192, 3.22,
-        'Google Cloud TPU on-demand per chip-hour, us-central2, 2023 (indicative)',
-        'Google Cloud TPU v4 docs; Jouppi et al. 2023 (ISCA). Power: ~170 W mean, 192 W max (uncertain); no fp32 MXU peak'),
-    _hw('tpu-v5e', 'Google TPU v5e', 'Google', None, None, 197, None, None, 394, 16, 819, None, 1.20,
-        'Google Cloud TPU on-demand per chip-hour, 2024 (indicative)', 'Google Cloud TPU v5e docs (2023); power not published'),
-    _hw('tpu-v5p', 'Google TPU v5p', 'Google', None, None, 459, None, None, 918, 95, 2765, None, 4.20,
-        'Google Cloud TPU on-demand per chip-hour, 2024 (indicative)', 'Google Cloud TPU v5p docs (2023); power not published'),
-    _hw('mi300x', 'AMD Instinct MI300X 192GB', 'AMD', 163.4, 653.7, 1307.4, 1307.4, 2614.9, 2614.9, 192, 5300, 750, 2.50,
-        'indicative 2025 on-demand range $2-4/h (uncertain)', 'AMD Instinct MI300X datasheet (2023), dense figures (sparsity doubles them)'),
-    _hw('ascend-910b', 'Huawei Ascend 910B 64GB', 'Huawei', None, None, 320, 320, None, 640, 64, 1600, 400, None,
-        'not rented on public Western clouds: pass --price',
-        'UNCERTAIN: no public datasheet; press and vendor-slide reports 2023-24 (fp16 ~313-376 TFLOP/s, 64 GB HBM2e, ~1.6 TB/s, ~400 W)'),
-]}
-
-def _lookup(catalog: dict, name: str, what: str):
-    "Find `name` in `catalog` (case/punctuation-insensitive), else a ValueError listing close matches."
-    if not isinstance(name, str): raise TypeError(f"{what} must be a name (str), got {type(name).__name__}")
-    norm = lambda s: s.lower().replace('_', '-').replace(' ', '-')
-    keys = {norm(k): k for k in catalog}
-    if norm(name) in keys: return catalog[keys[norm(name)]]
-    close = difflib.get_close_matches(norm(name), list(keys), n=4, cutoff=0.5)
-    hint = f"; did you mean {', '.join(keys[c] for c in close)}?" if close else ''
-    raise ValueError(f"unknown {what} {name!r}{hint} (all: {', '.join(catalog)})")
-
-def get_gpu(name: str | HardwareSpec) -> HardwareSpec:
-    "The catalog entry for `name` (e.g. 'a100-80gb'); unknown names raise a ValueError listing close matches."
-    return name if isinstance(name, HardwareSpec) else _lookup(HARDWARE, name, 'GPU')
-
 # %% ../nbs/8_money/21_cost.ipynb #13531ab3
 @dataclass(frozen=True)
 class CatalogModel:
@@ -379,7 +298,7 @@ MODELS: dict[str, CatalogModel] = {m.key: m for m in [
 
 def get_model(name: str | CatalogModel) -> CatalogModel:
     "The catalog entry for `name` (e.g. 'gpt3-175b'); unknown names raise a ValueError listing close matches."
-    return name if isinstance(name, CatalogModel) else _lookup(MODELS, name, 'model')
+    return name if isinstance(name, CatalogModel) else lookup(MODELS, name, 'model')
 
 # %% ../nbs/8_money/21_cost.ipynb #1e75276c
 OPTIMIZER_BYTES = {'adamw': 8, 'adam': 8, 'adamw-8bit': 2, 'sgd-momentum': 4, 'sgd': 0}  # state bytes per parameter
@@ -754,14 +673,6 @@ def matmul_flops_per_s(device: str | torch.device | None = None, n: int = 1024, 
         t0 = time.perf_counter(); a @ b; _sync(dev); best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best
 
-def gpu_from_device_name(name: str) -> HardwareSpec:
-    "The catalog entry for a CUDA device name such as 'NVIDIA H100 80GB HBM3'; ValueError if unknown."
-    n = name.lower()
-    rules = [('h100', 'h100-pcie' if 'pcie' in n else 'h100-sxm'), ('h200', 'h200'), ('b200', 'b200'), ('a100', 'a100-80gb' if '80' in n else 'a100-40gb'),
-             ('v100', 'v100-32gb'), ('4090', 'rtx-4090'), ('l4', 'l4'), ('mi300x', 'mi300x')]
-    for pat, key in rules:
-        if pat in n.replace('-', ' ').split() or (pat != 'l4' and pat in n): return HARDWARE[key]
-    raise ValueError(f"device {name!r} is not in the hardware catalog: pass peak_flops (FLOP/s) yourself")
 
 # %% ../nbs/8_money/21_cost.ipynb #0b93627e
 @dataclass
@@ -794,7 +705,9 @@ def measure_mfu(model: torch.nn.Module, # a model whose forward(idx, targets) re
     precision = 'bf16' if amp else 'fp32'
     if peak_flops is None:
         if dev.type != 'cuda': raise ValueError(f"no datasheet peak for device {dev.type!r}: pass peak_flops (FLOP/s), e.g. matmul_flops_per_s('{dev.type}')")
-        peak_flops = gpu_from_device_name(torch.cuda.get_device_name(dev)).peak_flops(precision if amp else 'tf32')
+        hw = gpu_for_device_name(torch.cuda.get_device_name(dev))
+        if hw is None: raise ValueError(f"device {torch.cuda.get_device_name(dev)!r} is not in the hardware catalog: pass peak_flops (FLOP/s)")
+        peak_flops = hw.peak_flops(precision if amp else 'tf32')
     if peak_flops <= 0: raise ValueError(f"peak_flops must be > 0 FLOP/s, got {peak_flops}")
     model = model.to(dev).train(); idx, targets = idx.to(dev), targets.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -1031,21 +944,6 @@ def cost_cli(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/8_money/21_cost.ipynb #f44471e6
-def gpus_cli(argv: list[str] | None = None) -> int:
-    "`llm-lab gpus`: the hardware catalog (dense peaks, memory, bandwidth, power, indicative price) with sources."
-    p = argparse.ArgumentParser(prog='llm-lab gpus', description=gpus_cli.__doc__)
-    p.add_argument('--json', action='store_true'); p.add_argument('--sources', action='store_true', help='also print each source')
-    try: a = p.parse_args(argv or [])
-    except SystemExit as e: return int(e.code or 0)
-    if a.json: print(json.dumps({k: asdict(h) for k, h in HARDWARE.items()})); return 0
-    tf = lambda h, k: f"{h.tflops[k]:g}" if k in h.tflops else '—'
-    print(f"{'name':<12}{'bf16':>8}{'fp8':>8}{'fp32':>7}{'GB':>6}{'GB/s':>7}{'W':>6}{'$/h':>7}  (dense TFLOP/s)")
-    for h in HARDWARE.values():
-        print(f"{h.key:<12}{tf(h, 'bf16'):>8}{tf(h, 'fp8'):>8}{tf(h, 'fp32'):>7}{h.memory_gb:>6g}{h.bandwidth_gbs:>7g}"
-              f"{(f'{h.tdp_w:g}' if h.tdp_w else '—'):>6}{(f'{h.price_per_hour:.2f}' if h.price_per_hour else '—'):>7}  {h.name}")
-        if a.sources: print(f"{'':12}source: {h.source}\n{'':12}price: {h.price_source}")
-    return 0
-
 def models_cli(argv: list[str] | None = None) -> int:
     "`llm-lab models`: the model catalog (architecture, parameters, training tokens) with sources."
     p = argparse.ArgumentParser(prog='llm-lab models', description=models_cli.__doc__)
