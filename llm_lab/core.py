@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['LAB_STYLE', 'COMMANDS', 'OPTIONAL_PACKAGES', 'device_available', 'get_device', 'autocast_dtype', 'seed_everything',
+__all__ = ['LAB_STYLE', 'COMMANDS', 'PACKAGES', 'device_available', 'get_device', 'autocast_dtype', 'seed_everything',
            'cache_dir', 'patch_to', 'embedded_corpus', 'quiet', 'progress', 'lab_style', 'subplots', 'has_triton',
            'use_triton_interpreter', 'triton_status', 'CheckFailed', 'CheckReport', 'not_attempted', 'check_function',
            'main', 'doctor', 'doctor_cli']
@@ -297,13 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     return int(fn(rest) or 0)
 
 # %% ../nbs/0_the_lab/00_core.ipynb #7990fba1
-OPTIONAL_PACKAGES = {  # import name: what the course uses it for
-    'matplotlib': 'plots', 'ipywidgets': 'interactive controls', 'einops': 'tensor reshapes',
-    'safetensors': 'checkpoints', 'tqdm': 'progress bars', 'nbdev': 'notebooks → package and docs',
-    'jupyterlab': 'the lab itself', 'transformers': 'parity with HF GPT-2 (dev/hub extra)',
-    'tokenizers': 'parity with HF tokenizers (dev/hub extra)', 'datasets': 'hub corpora (hub extra)',
-    'peft': 'parity with HF PEFT (dev extra)', 'sklearn': 'bundled digits images (dev extra)',
-    'hypothesis': 'property-based tests (dev extra)', 'triton': 'GPU kernels (kernels extra, Linux)',
+PACKAGES = {  # distribution: (import name, which install brings it, what the course uses it for)
+    # runtime: `pip install llm_lab` installs these (settings.ini `requirements`)
+    'numpy': ('numpy', 'runtime', 'arrays'), 'einops': ('einops', 'runtime', 'tensor reshapes'),
+    'safetensors': ('safetensors', 'runtime', 'checkpoints'), 'tqdm': ('tqdm', 'runtime', 'progress bars'),
+    'matplotlib': ('matplotlib', 'runtime', 'plots'), 'ipywidgets': ('ipywidgets', 'runtime', 'interactive controls'),
+    'regex': ('regex', 'runtime', "the tokenizer's Unicode pre-split pattern"),
+    # extras: pip install "llm_lab[hub]" / "[kernels]" / "[dev]"
+    'transformers': ('transformers', 'hub, dev', 'HF models: GPT-2 weights and parity checks'),
+    'tokenizers': ('tokenizers', 'hub, dev', 'parity with HF tokenizers'), 'datasets': ('datasets', 'hub, dev', 'hub corpora'),
+    'triton': ('triton', 'kernels (Linux)', 'GPU kernels'),
+    'peft': ('peft', 'dev', 'parity with HF PEFT'), 'scikit-learn': ('sklearn', 'dev', 'bundled digits images'),
+    'scipy': ('scipy', 'dev', 'curve fitting checks'), 'jupyterlab': ('jupyterlab', 'dev', 'the lab itself'),
+    'ipykernel': ('ipykernel', 'dev', "the lab's Python kernel"), 'nbdev': ('nbdev', 'dev', 'notebooks → package and docs'),
+    'execnb': ('execnb', 'dev', 'runs notebooks in tests'), 'fastcore': ('fastcore', 'dev', "nbdev's base library"),
+    'pytest': ('pytest', 'dev', 'the test suite'), 'pytest-xdist': ('xdist', 'dev', 'parallel tests'),
+    'hypothesis': ('hypothesis', 'dev', 'property-based tests'), 'pyflakes': ('pyflakes', 'dev', 'the undefined-name check'),
 }
 
 def _version_of(module: str) -> str:
@@ -315,7 +324,7 @@ def _version_of(module: str) -> str:
         return f'missing ({type(e).__name__}: {str(e).splitlines()[0][:60]})' if not isinstance(e, ModuleNotFoundError) else 'missing'
 
 def doctor() -> dict[str, str]:
-    "What this installation has: versions, device, Triton, cache dir and optional packages."
+    "What this installation has: versions, device, Triton, cache dir, and every declared dependency (runtime and extras)."
     info = {'python': platform.python_version(), 'platform': f'{platform.system()} {platform.machine()}',
             'llm_lab': _version_of('llm_lab'), 'torch': torch.__version__}
     try: info['device'] = str(get_device())
@@ -326,8 +335,8 @@ def doctor() -> dict[str, str]:
     info['cache dir'] = str(cache_dir(create=False))
     # importing triton fixes its mode for the whole process: choose the right one (interpreter without CUDA) first
     if 'triton' not in sys.modules and has_triton(): use_triton_interpreter()
-    for module, use in OPTIONAL_PACKAGES.items():
-        info[module] = f'{_version_of(module)}  ({use})'
+    for dist, (module, group, use) in PACKAGES.items():
+        info[dist] = f'{_version_of(module)}  ({group}: {use})'
     return info
 
 def doctor_cli(argv: list[str] | None = None) -> int:
