@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .core import cache_dir, embedded_corpus, check_function, progress, quiet, get_device, subplots
+from .core import (cache_dir, embedded_corpus, check_function, progress, quiet, get_device, subplots, CheckFailed,
+                          CheckReport, not_attempted)
 
 # %% auto #0
 __all__ = ['STDLIB_DOC_MODULES', 'TEXT_SUFFIXES', 'JSON_SUFFIXES', 'HUB_CORPORA', 'BOILERPLATE_PHRASES', 'STOP_WORDS',
@@ -28,7 +29,8 @@ __all__ = ['STDLIB_DOC_MODULES', 'TEXT_SUFFIXES', 'JSON_SUFFIXES', 'HUB_CORPORA'
            'plot_lsh', 'doc_features', 'outlier_scores', 'outlier_step', 'CleanConfig', 'clean_corpus', 'trace_drops',
            'plot_funnel', 'ByteTokenizer', 'token_dtype', 'encode_docs', 'atomic_write', 'write_tokens', 'read_tokens',
            'RandomWindows', 'DataConfig', 'tokenizer_fingerprint', 'data_key', 'PreparedData', 'prepare_data',
-           'check_jaccard', 'check_minhash_signature', 'check_candidate_probability', 'check_deidentify']
+           'check_jaccard', 'check_minhash_signature', 'check_candidate_probability', 'check_lsh_candidates',
+           'check_deidentify']
 
 # %% ../nbs/3_pretraining/08_data.ipynb #c7dce1f4
 STDLIB_DOC_MODULES = ('abc', 'argparse', 'ast', 'base64', 'bisect', 'calendar', 'collections', 'contextlib', 'copy',
@@ -368,7 +370,10 @@ def map_docs(fn: Callable[[str], Any], # applied to each document; must be pickl
             ) -> list:
     "`[fn(d) for d in docs]`, in `num_proc` processes (shards through `datasets.Dataset.map`) when asked."
     if num_proc <= 1 or len(docs) < 2 * num_proc: return [fn(d) for d in docs]
-    from datasets import Dataset
+    try: from datasets import Dataset
+    except ImportError as e:
+        raise ImportError(f'map_docs(num_proc={num_proc}) runs its workers through HF datasets, which is not installed: '
+                          'pip install "llm_lab[hub]" (or use num_proc=1)') from e
     with _datasets_bars():
         ds = Dataset.from_dict({'text': list(docs)})
         out = ds.map(_apply_batch, fn_kwargs={'fn': fn}, batched=True, batch_size=batch_size, num_proc=num_proc,
@@ -685,6 +690,7 @@ def shingles(text: str, # a document
              k: int = 5, # words per shingle
             ) -> set[str]:
     "The set of `k`-word shingles of `text` (lower-cased words; a shorter text is one shingle)."
+    if not isinstance(k, int) or k < 1: raise ValueError(f'k (words per shingle) must be an int >= 1, got {k!r}')
     words = re.findall(r'\w+', text.lower())
     if len(words) <= k: return {' '.join(words)} if words else set()
     return {' '.join(words[i:i + k]) for i in range(len(words) - k + 1)}
@@ -704,6 +710,7 @@ def minhash_params(num_perm: int = 128, # number of hash functions (signature le
                    seed: int = 0, # the same seed gives the same hash functions
                   ) -> tuple[np.ndarray, np.ndarray]:
     "The coefficients (a, b) of `num_perm` random hash functions h(x) = (a x + b) mod p, as uint64 arrays."
+    if not isinstance(num_perm, int) or num_perm < 1: raise ValueError(f'num_perm must be an int >= 1, got {num_perm!r}')
     rng = np.random.default_rng(seed)
     a = rng.integers(1, MINHASH_PRIME, num_perm, dtype=np.uint64)
     b = rng.integers(0, MINHASH_PRIME, num_perm, dtype=np.uint64)
@@ -733,7 +740,14 @@ def candidate_probability(s: float | np.ndarray, # Jaccard similarity of a pair
                           rows: int, # rows (signature positions) per band
                          ) -> float | np.ndarray:
     "Probability that LSH with `bands` × `rows` makes a pair of similarity `s` a candidate: 1 - (1 - s^rows)^bands."
-    return 1 - (1 - np.asarray(s, dtype=float) ** rows) ** bands
+    _check_band_shape(bands, rows)
+    s_arr = np.asarray(s, dtype=float)
+    if not np.all((s_arr >= 0) & (s_arr <= 1)): raise ValueError(f's (a Jaccard similarity) must lie in [0, 1], got {s!r}')
+    return 1 - (1 - s_arr ** rows) ** bands
+
+def _check_band_shape(bands, rows):
+    for name, v in (('bands', bands), ('rows', rows)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise ValueError(f'{name} must be an int >= 1, got {v!r}')
 
 @functools.lru_cache(maxsize=64)
 def lsh_params(threshold: float, # the similarity where candidates should start
@@ -742,6 +756,8 @@ def lsh_params(threshold: float, # the similarity where candidates should start
               ) -> tuple[int, int]:
     "The (bands, rows) that make a pair at `threshold` a candidate with probability ≥ `min_recall`, with the fewest dissimilar candidates."
     if not 0 < threshold < 1: raise ValueError(f'threshold must be in (0, 1), got {threshold}')
+    if not isinstance(num_perm, int) or num_perm < 1: raise ValueError(f'num_perm must be an int >= 1, got {num_perm!r}')
+    if not 0 < min_recall <= 1: raise ValueError(f'min_recall must be in (0, 1], got {min_recall}')
     s = np.linspace(0, threshold, 501)
     best, best_cost = None, (float('inf'),)
     for b in range(1, num_perm + 1):
@@ -758,6 +774,8 @@ def lsh_candidates(signatures: np.ndarray, # (N, num_perm) MinHash signatures
                    rows: int, # rows per band (bands × rows ≤ num_perm)
                   ) -> set[tuple[int, int]]:
     "Pairs (i, j), i < j, of documents that share at least one LSH band bucket."
+    _check_band_shape(bands, rows)
+    if getattr(signatures, 'ndim', None) != 2: raise ValueError(f'signatures must be a 2-D array (N, num_perm), got shape {getattr(signatures, "shape", None)}')
     n, num_perm = signatures.shape
     if bands * rows > num_perm: raise ValueError(f'bands × rows = {bands * rows} exceeds the signature length {num_perm}')
     pairs = set()
@@ -1029,9 +1047,19 @@ def _check_tokenizer(tok):
     for attr in ('encode', 'vocab_size'):
         if not hasattr(tok, attr): raise TypeError(f'the tokenizer needs .encode(text) -> list[int] and .vocab_size; {type(tok).__name__} has no .{attr}')
 
+def _encode_text(tok, text: str) -> list[int]:
+    "Token ids of `text` as plain text: special-token strings inside it are not turned into special ids."
+    import inspect
+    try: takes = 'allowed_special' in inspect.signature(tok.encode).parameters
+    except (TypeError, ValueError): takes = False
+    return list(tok.encode(text, allowed_special='none') if takes else tok.encode(text))
+
 def _encode_doc(text: str, tok, eot: int | None) -> list[int]:
-    ids = list(tok.encode(text))
-    return ids + [eot] if eot is not None else ids
+    ids = _encode_text(tok, text)
+    if eot is None: return ids
+    if eot in ids: raise ValueError(f'{type(tok).__name__}.encode turned document text into the end-of-text id {eot}: '
+                                    f'special tokens must come from encode_docs, never from text ({text[:60]!r}...)')
+    return ids + [eot]  # the separator, appended explicitly
 
 def encode_docs(docs: Sequence[str], # documents
                 tok, # any object with .encode(text) and .vocab_size (and optionally .eot_id)
@@ -1133,7 +1161,7 @@ def tokenizer_fingerprint(tok) -> str:
     "A short hash that changes when the tokenizer would encode text differently."
     if callable(getattr(tok, 'fingerprint', None)): return str(tok.fingerprint())
     _check_tokenizer(tok)
-    probe = json.dumps([type(tok).__qualname__, tok.vocab_size, getattr(tok, 'eot_id', None), list(tok.encode(_PROBE))])
+    probe = json.dumps([type(tok).__qualname__, tok.vocab_size, getattr(tok, 'eot_id', None), _encode_text(tok, _PROBE)])
     return hashlib.sha256(probe.encode()).hexdigest()[:16]
 
 def data_key(docs: Sequence[str], tok, config: DataConfig) -> str:
@@ -1241,21 +1269,54 @@ def _related_shingle_sets(g: torch.Generator) -> tuple[set, set]:
     words = [f'w{int(i)}' for i in torch.randint(0, 10**9, (2 * n,), generator=g)]
     return set(words[:n]), set(words[:shared] + words[n:2 * n - shared])
 
+@contextlib.contextmanager
+def _hash_of_another_process(salt: int):
+    "Make the built-in hash() give what another Python process would (another PYTHONHASHSEED): new values, same equalities."
+    import builtins
+    real = builtins.hash
+    builtins.hash = lambda obj: real((salt, obj))
+    try: yield
+    finally: builtins.hash = real
+
+def _signature_problem(fn: Callable, probe: set, num_perm: int) -> str | None:
+    "What is wrong with `fn`'s signature of the set `probe` apart from accuracy: shape, determinism, salted hash(), reused hash functions."
+    sig = np.asarray(fn(probe, num_perm))
+    if sig.shape != (num_perm,): return f'a signature must have shape ({num_perm},), got {sig.shape}'
+    if not np.array_equal(sig, np.asarray(fn(set(sorted(probe, reverse=True)), num_perm))):
+        return 'the same set (built in another order) gave a different signature: the signature must be a function of the set only'
+    with _hash_of_another_process(1): s1 = np.asarray(fn(probe, num_perm))
+    with _hash_of_another_process(2): s2 = np.asarray(fn(probe, num_perm))
+    if not (np.array_equal(s1, sig) and np.array_equal(s2, sig)):
+        return ("the signature changes from one Python process to the next\n   hint: Python's built-in hash() of a str is salted per process "
+                "(PYTHONHASHSEED), so signatures saved by one run cannot be compared with another's; hash the UTF-8 bytes "
+                "(zlib.crc32, hashlib) instead")
+    distinct = len(np.unique(sig))
+    if distinct < 0.9 * num_perm:
+        return (f"only {distinct} distinct values among the {num_perm} positions of the signature of a {len(probe)}-shingle set\n   hint: "
+                f"each position needs its own hash function; reusing (tiling) fewer functions repeats the same minima, "
+                f"so the estimate is no better than with {distinct} positions")
+    return None
+
 def check_minhash_signature(fn: Callable[[set, int], Sequence[int]], # your signature(shingle_set, num_perm)
                             num_perm: int = 256, # signature length used in the check
                             trials: int = 20, # random pairs of sets
                             tolerance: float = 0.15, # |estimate - exact Jaccard| allowed (≈ 5 standard deviations)
                             raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else return the report)
-                           ):
-    "Check that signatures from `fn` estimate Jaccard similarity: the fraction of equal positions must be within `tolerance`."
-    def estimate(a, b):
-        sa, sb = np.asarray(fn(a, num_perm)), np.asarray(fn(b, num_perm))
-        if sa.shape != (num_perm,) or sb.shape != (num_perm,):
-            raise ValueError(f'a signature must have shape ({num_perm},), got {sa.shape}')
-        if not np.array_equal(sa, np.asarray(fn(set(a), num_perm))): raise ValueError('the same set gave two different signatures')
-        return float(np.mean(sa == sb))
-    return check_function('minhash_signature (estimated vs exact Jaccard)', estimate, jaccard, _related_shingle_sets,
-                          trials=trials, atol=tolerance, rtol=0, raise_on_fail=raise_on_fail)
+                           ) -> CheckReport:
+    "Check MinHash signatures: fixed shape, the same in every process, one hash function per position, and Jaccard estimates within `tolerance`."
+    name = 'minhash_signature'
+    g = torch.Generator().manual_seed(random.SystemRandom().randrange(2**31))
+    probe = _related_shingle_sets(g)[0] | _related_shingle_sets(g)[0]   # 120-400 shingles
+    try: problem = _signature_problem(fn, probe, num_perm)
+    except NotImplementedError: return not_attempted(name)
+    except Exception as e: problem = f'your function raised {type(e).__name__}: {e} (input: a set of {len(probe)} shingles, num_perm={num_perm})'
+    if problem is not None:
+        report = CheckReport(name, trials, failure=f'on a set of {len(probe)} shingles: {problem}')
+        if raise_on_fail: raise CheckFailed(str(report))
+        return report
+    def estimate(a, b): return float(np.mean(np.asarray(fn(a, num_perm)) == np.asarray(fn(b, num_perm))))
+    return check_function(name, estimate, jaccard, _related_shingle_sets, trials=trials, atol=tolerance, rtol=0,
+                          raise_on_fail=raise_on_fail)
 
 # %% ../nbs/3_pretraining/08_data.ipynb #ac272729
 def _random_lsh_args(g: torch.Generator) -> tuple[float, int, int]:
@@ -1268,6 +1329,70 @@ def check_candidate_probability(fn: Callable[[float, int, int], float], # your p
     "Check the LSH candidate probability 1 - (1 - s^rows)^bands on random (s, bands, rows)."
     return check_function('candidate_probability', lambda s, b, r: float(fn(s, b, r)), lambda s, b, r: float(candidate_probability(s, b, r)),
                           _random_lsh_args, trials=trials, atol=1e-9, rtol=1e-7, raise_on_fail=raise_on_fail)
+
+# %% ../nbs/3_pretraining/08_data.ipynb #9ade4a7d
+def _random_signatures(g: torch.Generator) -> tuple[np.ndarray, int, int]:
+    "Signatures of near-copies of a few random documents (so bands collide), a band shape, and sometimes spare columns."
+    bands, rows = int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+    num_perm = bands * rows + int(torch.randint(0, 3, (1,), generator=g))
+    n, k = int(torch.randint(2, 25, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+    base = torch.randint(0, 1000, (k, num_perm), generator=g)[torch.randint(0, k, (n,), generator=g)]    # (n, num_perm)
+    noise = torch.rand(n, num_perm, generator=g) < float(torch.rand((), generator=g)) * 0.5             # mutate some positions
+    sigs = torch.where(noise, torch.randint(1000, 2000, (n, num_perm), generator=g), base)
+    return sigs.numpy().astype(np.uint64), bands, rows
+
+def _lsh_variant(sigs, bands, rows, bug: str) -> set:
+    "The candidate pairs of a classic banding mistake (for the checker's hints)."
+    n, num_perm = sigs.shape
+    if bug == 'all_bands': return {(i, j) for i in range(n) for j in range(i + 1, n) if np.array_equal(sigs[i, :bands * rows], sigs[j, :bands * rows])}
+    if bug == 'swapped': return lsh_candidates(sigs[:, :bands * rows], rows, bands)
+    if bug == 'split_all': cut = lambda b: np.array_split(sigs, bands, axis=1)[b]
+    else:
+        extra = {'row_more': 1, 'row_less': -1}[bug]
+        cut = lambda b: sigs[:, b * rows:(b + 1) * rows + extra]
+    pairs = set()
+    for b in range(bands):
+        buckets = defaultdict(list)
+        for i, key in enumerate(cut(b)): buckets[key.tobytes()].append(i)
+        pairs.update((m[x], m[y]) for m in buckets.values() for x in range(len(m)) for y in range(x + 1, len(m)))
+    return pairs
+
+_LSH_HINTS = {
+    'row_more': 'each band is one column too wide: band b is columns b*rows up to, but not including, (b+1)*rows',
+    'row_less': 'each band is one column too narrow: band b is columns b*rows up to, but not including, (b+1)*rows',
+    'swapped': 'bands and rows are swapped: there are `bands` bands of `rows` columns each',
+    'all_bands': 'a pair is a candidate when ANY one band matches, not when all do',
+    'split_all': 'use only the first bands*rows columns: splitting the whole signature into `bands` pieces changes the rows per band when num_perm > bands*rows',
+}
+
+def check_lsh_candidates(fn: Callable[[np.ndarray, int, int], Iterable[tuple[int, int]]], # your candidates(signatures, bands, rows)
+                         trials: int = 30, # random signature matrices and band shapes
+                         seed: int | None = None, # None: fresh inputs each call
+                         raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else return the report)
+                        ) -> CheckReport:
+    "Check LSH banding against `lsh_candidates`: the same set of pairs (i, j), i < j, in any order and container."
+    name = 'lsh_candidates'
+    g = torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
+    report = CheckReport(name, trials)
+    for t in range(trials):
+        sigs, bands, rows = _random_signatures(g)
+        want = lsh_candidates(sigs, bands, rows)
+        where = f'trial {t + 1} (signatures {sigs.shape[0]} × {sigs.shape[1]}, bands={bands}, rows={rows})'
+        try: got = {tuple(sorted((int(i), int(j)))) for i, j in fn(sigs.copy(), bands, rows)}
+        except NotImplementedError: return not_attempted(name)
+        except Exception as e: report.failure = f'{where}: your function raised {type(e).__name__}: {e}'; break
+        if got != want:
+            missing, extra = sorted(want - got), sorted(got - want)
+            report.failure = (f'{where}: {len(got)} pairs, expected {len(want)}; missing {missing[:5]}{" …" if len(missing) > 5 else ""}, '
+                              f'extra {extra[:5]}{" …" if len(extra) > 5 else ""}')
+            if any(i == j for i, j in got): report.failure += '\n   hint: a document is never its own candidate: pair i with j > i'
+            else:
+                hint = next((h for bug, h in _LSH_HINTS.items() if _lsh_variant(sigs, bands, rows, bug) == got), None)
+                if hint: report.failure += f'\n   hint: {hint}'
+            break
+        report.passed += 1
+    if raise_on_fail and not report.ok: raise CheckFailed(str(report))
+    return report
 
 # %% ../nbs/3_pretraining/08_data.ipynb #ce5f2bdc
 _DECOYS = ['on {y}-{m:02d}-{d:02d}', 'at {h:02d}:{mi:02d}:{s:02d}', 'version {a}.{b}.{c}', 'costs ${a},{c:03d}.{b:02d}',

@@ -4,11 +4,12 @@
 
 # %% ../nbs/3_pretraining/09a_generate.ipynb #b75a6ba4
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, math, numbers, sys
 from pathlib import Path
 
 import torch
 
+from .core import subplots
 from .model import GPT, GPTConfig
 from .tokenizer import BPETokenizer
 from .train import read_checkpoint, load_weights
@@ -31,6 +32,16 @@ def load_for_generation(folder: str | Path, # a checkpoint or zoo model folder
     model = load_weights(GPT(GPTConfig(**config)), folder / 'model.safetensors')
     return model.to(device).eval(), BPETokenizer.load(folder / 'tokenizer.json')
 
+def _check_sampling(max_new_tokens=1, temperature=1.0, top_k=None, top_p=None, num_samples=1):
+    "Raise a ValueError naming the first sampling setting that is out of range."
+    def is_int(v): return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not is_int(max_new_tokens) or max_new_tokens < 0: raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 1): raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1): raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}")
+    if not is_int(num_samples) or num_samples < 1: raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+
 def complete(model: GPT, # a trained GPT
              tok: BPETokenizer, # its tokenizer
              prompt: str = '', # text to continue ('' starts from <|endoftext|>)
@@ -41,6 +52,7 @@ def complete(model: GPT, # a trained GPT
              seed: int | None = 0, # for repeatable samples (None: random)
             ) -> list[str]:
     "Continue `prompt` `num_samples` times; returns the generated texts (prompt excluded)."
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
     ids = tok.encode(prompt) if prompt else [tok.eot_id if tok.eot_id is not None else 0]
     ids = ids[-model.config.context_len:]
     device = next(model.parameters()).device
@@ -62,6 +74,7 @@ def generate_cli(argv: list[str] | None = None) -> int:
     p.add_argument('--device', default='cpu')
     args = p.parse_args(argv)
     try:
+        _check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.num_samples)
         model, tok = load_for_generation(args.checkpoint, args.device)
         texts = complete(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.num_samples, args.seed)
     except (FileNotFoundError, ValueError) as e:
@@ -79,7 +92,8 @@ def next_token_probs(model: GPT, # a trained GPT
                      temperature: float = 1.0, # > 0
                     ) -> torch.Tensor:
     "The next-token distribution (V,) after `prompt`, at `temperature`."
-    if not temperature > 0: raise ValueError(f"temperature must be > 0 for a distribution, got {temperature}")
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number > 0 for a distribution, got {temperature!r}")
     ids = torch.tensor([tok.encode(prompt)[-model.config.context_len:]], device=next(model.parameters()).device)
     return (model(ids)[0][0, -1].float() / temperature).softmax(-1).cpu()
 
@@ -89,6 +103,7 @@ def plot_temperature(model: GPT, tok: BPETokenizer, prompt: str = 'The for', # m
                      ax=None):
     "Bar chart of the `top` most likely next tokens at `temperature`, with the distribution's entropy."
     p = next_token_probs(model, tok, prompt, temperature)
+    if not isinstance(top, int) or not 1 <= top <= len(p): raise ValueError(f"top must be an int in [1, {len(p)}], got {top!r}")
     vals, idx = p.topk(top)
     H = float(-(p * p.clamp_min(1e-12).log()).sum())
     if ax is None: _, ax = subplots()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #5baf7238
 from __future__ import annotations
-import argparse, base64, hashlib, json, math, os, random, sys, time, warnings
+import argparse, base64, hashlib, io, json, math, os, random, sys, time, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -13,17 +13,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import get_device, autocast_dtype, seed_everything, progress, subplots, embedded_corpus, check_function, CheckReport
+from .core import (get_device, autocast_dtype, seed_everything, progress, subplots, embedded_corpus, check_function,
+                          CheckReport, CheckFailed, not_attempted)
+from .hardware import gpu_for_device_name
 from .optim import AdamW, lr_warmup_cosine, save_optimizer, load_optimizer
-from .model import GPT, GPTConfig, flops_per_token
+from .model import GPT, GPTConfig, forward_flops_per_token
 from .data import RandomWindows, encode_docs, atomic_write
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'CKPT_VERSION', 'PEAK_FLOPS', 'split_docs', 'corpus_tokens', 'unigram_loss', 'TrainConfig',
-           'make_optimizer', 'lr_at', 'amp_dtype', 'plot_schedule', 'train_step', 'evaluate', 'TrainState', 'Callback',
-           'ProgressBar', 'plot_losses', 'LossPlot', 'rng_state', 'set_rng_state', 'save_weights', 'load_weights',
-           'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'train', 'pretrain_config', 'pretrain_cli',
-           'peak_flops', 'measure_throughput', 'check_grad_accumulation', 'check_mfu']
+__all__ = ['CKPT_FORMAT', 'CKPT_VERSION', 'STATE_FORMAT', 'split_docs', 'corpus_tokens', 'unigram_loss', 'TrainConfig',
+           'param_groups', 'make_optimizer', 'lr_at', 'amp_dtype', 'plot_schedule', 'train_step', 'evaluate',
+           'TrainState', 'Callback', 'ProgressBar', 'plot_losses', 'LossPlot', 'rng_state', 'set_rng_state',
+           'save_weights', 'load_weights', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'train',
+           'save_state', 'load_state', 'pretrain_config', 'pretrain_cli', 'peak_flops', 'measure_throughput',
+           'check_grad_accumulation', 'check_mfu', 'check_train_step']
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #6cfde771
 def split_docs(docs: list[str], # documents
@@ -96,15 +99,20 @@ class TrainConfig:
     def tokens_per_step(self) -> int: return self.batch_size * self.grad_accum  # × T tokens
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #313105fb
+def param_groups(model: nn.Module, # the model to train
+                 cfg: TrainConfig, # its weight_decay
+                ) -> list[dict]:
+    "Two parameter groups: weight decay on tensors with ≥ 2 dimensions (matrices, embeddings), none on biases and norm gains."
+    params = [p for p in model.parameters() if p.requires_grad]  # a tied tensor appears once
+    return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
 def make_optimizer(model: nn.Module, # the model to train
                    cfg: TrainConfig, # lr, betas, weight decay, which AdamW
                   ) -> torch.optim.Optimizer:
-    "AdamW with weight decay on parameters with ≥ 2 dimensions and none on biases and norm gains."
-    params = [p for p in model.parameters() if p.requires_grad]  # a tied tensor appears once
-    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
-              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
-    if cfg.optimizer == 'torch': return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    return AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    "AdamW (torch's or chapter 3's, by `cfg.optimizer`) over `param_groups(model, cfg)`."
+    if cfg.optimizer == 'torch': return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas)
+    return AdamW(param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas)
 
 def lr_at(step: int, # optimizer step, from 0
           cfg: TrainConfig) -> float:
@@ -139,20 +147,21 @@ def train_step(model: nn.Module, # returns (logits, loss) from model(x, y)
                scaler: torch.amp.GradScaler | None = None, # for fp16; None or disabled otherwise
               ) -> tuple[float, float]:
     "One optimizer step over `cfg.grad_accum` micro-batches; returns (mean loss, gradient norm before clipping)."
-    total = 0.0
+    losses = []
     for _ in range(cfg.grad_accum):
         x, y = next(batches)                                                  # (B, T) each
         with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
             _, loss = model(x, y)
         scaled = loss / cfg.grad_accum                                       # the mean over the effective batch
         (scaler.scale(scaled) if scaler is not None else scaled).backward()  # gradients add up in .grad
-        total += loss.item() / cfg.grad_accum
+        losses.append(loss.detach().float())                                 # kept on the device: no sync here
     if scaler is not None: scaler.unscale_(opt)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float('inf'))
     if scaler is not None: scaler.step(opt); scaler.update()
     else: opt.step()
-    opt.zero_grad(set_to_none=True)
-    return total, float(norm)
+    opt.zero_grad()
+    *values, norm = torch.stack(losses + [norm.float()]).tolist()           # the step's one host sync
+    return sum(v / cfg.grad_accum for v in values), norm
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #9e714233
 @torch.no_grad()
@@ -171,13 +180,15 @@ def evaluate(model: nn.Module, # a GPT
     model.eval()
     starts = torch.arange(n) * T
     if max_batches is not None: starts = starts[:max_batches * batch_size]
-    total, count = 0.0, 0
+    losses, sizes = [], []
     for chunk in starts.split(batch_size):
         w = torch.stack([ids[s:s + T + 1] for s in chunk.tolist()]).to(device)  # (b, T+1)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             _, loss = model(w[:, :-1], w[:, 1:])
-        total += loss.item() * w[:, 1:].numel(); count += w[:, 1:].numel()
+        losses.append(loss.float()); sizes.append(w[:, 1:].numel())
     model.train(was_training)
+    total, count = 0.0, 0
+    for l, k in zip(torch.stack(losses).tolist(), sizes): total += l * k; count += k  # one host sync
     return {'loss': total / count, 'ppl': math.exp(total / count), 'tokens': count}
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #e87cff9e
@@ -364,6 +375,14 @@ def load_checkpoint(folder: str | os.PathLike, # a folder written by `save_check
     return model, TrainState(**meta['state']), meta
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #1d156eaa
+def _check_plugins(optimizer, schedule, needs_state: bool):
+    "Clear errors for a learner's optimizer object or schedule that does not fit the loop."
+    need = ['step', 'zero_grad', 'param_groups'] + (['state_dict', 'load_state_dict'] if needs_state else [])
+    missing = [a for a in need if not hasattr(optimizer, a)]
+    if missing: raise TypeError(f"optimizer(param_groups, cfg) returned a {type(optimizer).__name__} without {missing}: "
+                                "subclass torch.optim.Optimizer (chapter 3) to get them")
+    if schedule is not None and not callable(schedule): raise TypeError(f"schedule must be a function step -> lr, got {type(schedule).__name__}")
+
 def train(model: GPT, # the model to train (in place)
           data: Iterator, # yields (x, y) batches, e.g. RandomWindows (whose generator is checkpointed)
           cfg: TrainConfig, # the run's settings
@@ -371,18 +390,23 @@ def train(model: GPT, # the model to train (in place)
           callbacks: list[Callback] = (), # e.g. [ProgressBar(), LossPlot()]
           resume: str | os.PathLike | None = None, # a checkpoint folder to continue from
           tokenizer: Any = None, # saved into checkpoints, so they can be sampled from
+          optimizer: Callable[[list[dict], TrainConfig], Any] | None = None, # your optimizer(param_groups, cfg); None: make_optimizer
+          schedule: Callable[[int], float] | None = None, # your schedule(step) -> lr, step from 0; None: lr_at(step, cfg)
          ) -> TrainState:
     "Pretrain `model` on `data` for `cfg.max_steps` optimizer steps; returns the run's `TrainState`."
     device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
     model.to(device).train()
-    opt, amp = make_optimizer(model, cfg), amp_dtype(cfg, device)
+    opt = make_optimizer(model, cfg) if optimizer is None else optimizer(param_groups(model, cfg), cfg)
+    _check_plugins(opt, schedule, needs_state=bool(cfg.out_dir or resume))
+    amp = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     state = load_checkpoint(resume, model, opt, data)[1] if resume else TrainState()
     step_model = torch.compile(model) if cfg.compile else model
     for cb in callbacks: cb.on_train_begin(state, cfg)
     t0 = time.perf_counter() - state.seconds
     while state.step < cfg.max_steps:
-        lr = lr_at(state.step, cfg)
+        lr = lr_at(state.step, cfg) if schedule is None else float(schedule(state.step))
+        if not 0 <= lr < math.inf: raise ValueError(f"the learning rate of step {state.step} is {lr}: it must be a finite number >= 0")
         for g in opt.param_groups: g['lr'] = lr
         loss, norm = train_step(step_model, opt, data, cfg, amp, scaler)
         if not math.isfinite(loss): raise FloatingPointError(f"the loss became {loss} at step {state.step}: lower lr ({cfg.lr}) or check the data")
@@ -396,6 +420,72 @@ def train(model: GPT, # the model to train (in place)
         for cb in callbacks: cb.on_step_end(state)
     for cb in callbacks: cb.on_train_end(state)
     return state
+
+# %% ../nbs/3_pretraining/09_pretraining.ipynb #75d4fb29
+STATE_FORMAT = 'llm_lab.state'
+
+def _pack(x, tensors: dict, path: str = 'state'):
+    "`x` as JSON-able data: each tensor goes into `tensors` (a tied one once) and is replaced by its name; tuples stay tuples."
+    if isinstance(x, torch.Tensor):
+        key = (str(x.device), x.dtype, tuple(x.shape), x.stride(), x.storage_offset(), x.untyped_storage().data_ptr())
+        if key not in tensors:  # a tied weight is stored once
+            tensors[key] = (f't{len(tensors)}', x.detach().to('cpu', copy=True).contiguous())  # a copy: safetensors refuses shared memory
+        return {'__tensor__': tensors[key][0]}
+    if isinstance(x, tuple): return {'__tuple__': [_pack(v, tensors, f'{path}[{i}]') for i, v in enumerate(x)]}
+    if isinstance(x, list): return [_pack(v, tensors, f'{path}[{i}]') for i, v in enumerate(x)]
+    if isinstance(x, dict): return {'__dict__': [[_pack(k, tensors, path), _pack(v, tensors, f'{path}[{k!r}]')] for k, v in x.items()]}
+    if x is None or isinstance(x, (bool, int, float, str)): return x
+    raise TypeError(f"save_state cannot store {path} = {x!r} ({type(x).__name__}) without pickle")
+
+def _unpack(x, tensors: dict):
+    if isinstance(x, list): return [_unpack(v, tensors) for v in x]
+    if isinstance(x, dict):
+        if '__tensor__' in x: return tensors[x['__tensor__']]
+        if '__tuple__' in x: return tuple(_unpack(v, tensors) for v in x['__tuple__'])
+        return {_unpack(k, tensors): _unpack(v, tensors) for k, v in x['__dict__']}
+    return x
+
+def save_state(file: str | os.PathLike | io.IOBase, # a path (written atomically) or a binary file object
+               model: nn.Module, # any module
+               opt: torch.optim.Optimizer | None = None, # its optimizer (any torch optimizer, ours included)
+               step: int = 0, # the step to resume from
+               extra: dict | None = None, # anything JSON-able (e.g. your config)
+               data: Any = None, # a batch sampler whose generator to save (e.g. RandomWindows)
+              ) -> None:
+    "Save a module, its optimizer, the step, the RNG states and `extra` to ONE safetensors file: tensors as tensors, the rest as JSON in its header; no pickle."
+    from safetensors.torch import save
+    tensors = {}
+    meta = {'format': STATE_FORMAT, 'version': 1, 'step': step, 'model': _pack(model.state_dict(), tensors, 'model'),
+            'optimizer': _pack(opt.state_dict(), tensors, 'optimizer') if opt is not None else None,
+            'rng': rng_state(data), 'extra': _pack(extra, tensors, 'extra')}
+    blob = save(dict(tensors.values()), metadata={STATE_FORMAT: json.dumps(meta)})
+    if isinstance(file, (str, os.PathLike)): atomic_write(file, lambda tmp: tmp.write_bytes(blob))
+    else: file.write(blob)
+
+def load_state(file: str | os.PathLike | io.IOBase, # a path or a binary file object written by `save_state`
+               model: nn.Module, # the module to fill (same architecture)
+               opt: torch.optim.Optimizer | None = None, # an optimizer over the same parameters, to restore too
+               data: Any = None, # the batch sampler to restore too
+               restore_rng: bool = True, # restore python/numpy/torch generators
+              ) -> dict:
+    "Load what `save_state` wrote into `model` (and `opt`, `data`); returns {'step', 'extra'}."
+    from safetensors.torch import load
+    name = str(file) if isinstance(file, (str, os.PathLike)) else getattr(file, 'name', 'the file object')
+    blob = Path(file).read_bytes() if isinstance(file, (str, os.PathLike)) else file.read()
+    try:
+        n = int.from_bytes(blob[:8], 'little')
+        meta = json.loads(json.loads(blob[8:8 + n])['__metadata__'][STATE_FORMAT])
+        tensors = load(blob)
+    except Exception as e:
+        raise ValueError(f"{name} is not a file written by save_state, or it is truncated ({type(e).__name__}: {e})") from None
+    if meta.get('format') != STATE_FORMAT or meta.get('version') != 1: raise ValueError(f"{name}: unknown state format {meta.get('format')} v{meta.get('version')}")
+    try: model.load_state_dict(_unpack(meta['model'], tensors))
+    except RuntimeError as e: raise ValueError(f"{name} does not fit this {type(model).__name__}: {e}") from None
+    if opt is not None:
+        if meta['optimizer'] is None: raise ValueError(f"{name} holds no optimizer state (saved without opt)")
+        opt.load_state_dict(_unpack(meta['optimizer'], tensors))
+    if restore_rng: set_rng_state(meta['rng'], data)
+    return {'step': meta['step'], 'extra': _unpack(meta['extra'], tensors)}
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #94659aa5
 def _pretrain_parser() -> argparse.ArgumentParser:
@@ -477,21 +567,25 @@ def pretrain_cli(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #ecf4ffd1
-PEAK_FLOPS = {'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10': 125e12,
-              'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'T4': 65e12}  # dense bf16/fp16 tensor-core peaks (vendor sheets)
-
-def peak_flops(device: torch.device | str | None = None) -> float | None:
-    "The dense bf16 peak FLOP/s of a CUDA device, looked up by name in PEAK_FLOPS (None if unknown or not CUDA)."
+def peak_flops(device: torch.device | str | None = None, # a CUDA device (default: get_device())
+               precision: str = 'bf16', # the number format of the matmuls: 'bf16', 'fp16', 'tf32' or 'fp32'
+              ) -> float | None:
+    "The dense peak FLOP/s of a CUDA device in `precision`, from `llm_lab.hardware`'s catalog (None if unknown or not CUDA)."
     device = torch.device(device) if device is not None else get_device()
     if device.type != 'cuda': return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    spec = gpu_for_device_name(torch.cuda.get_device_name(device))
+    return spec.peak_flops(precision) if spec is not None and spec.tflops.get(precision) else None
+
+def _precision(amp: torch.dtype | None) -> str:
+    "The catalog's name for the matmul format of a run with autocast dtype `amp`."
+    if amp is not None: return {torch.bfloat16: 'bf16', torch.float16: 'fp16'}[amp]
+    return 'tf32' if torch.backends.cuda.matmul.allow_tf32 else 'fp32'
 
 def measure_throughput(model: GPT, # the model (on its device)
                        cfg: TrainConfig, # batch size, dtype, compile
                        steps: int = 10, # timed steps
                        warmup: int = 3, # untimed steps first (compilation, allocator)
-                       peak: float | None = None, # device peak FLOP/s (default: peak_flops)
+                       peak: float | None = None, # device peak FLOP/s (default: peak_flops in the run's precision)
                       ) -> dict:
     "Training tokens/s and MFU of `train_step` on random tokens: {'tokens_per_s', 'ms_per_step', 'mfu', ...}."
     device = next(model.parameters()).device
@@ -508,8 +602,8 @@ def measure_throughput(model: GPT, # the model (on its device)
     for _ in range(steps): train_step(step_model, opt, data, cfg, amp)
     sync(); dt = (time.perf_counter() - t0) / steps
     tokens = cfg.batch_size * cfg.grad_accum * T
-    flops = 3 * flops_per_token(model.config, T) * tokens / dt   # achieved model FLOP/s
-    peak = peak if peak is not None else peak_flops(device)
+    flops = 3 * forward_flops_per_token(model.config, T) * tokens / dt   # achieved model FLOP/s
+    peak = peak if peak is not None else peak_flops(device, _precision(amp))
     return {'tokens_per_s': tokens / dt, 'ms_per_step': 1e3 * dt, 'tflops': flops / 1e12,
             'mfu': flops / peak if peak else None, 'params': model.num_params(), 'dtype': str(amp), 'compile': cfg.compile}
 
@@ -529,16 +623,113 @@ def check_grad_accumulation(fn: Callable, # your fn(w, x, y, n_micro) -> gradien
         n_micro, d = _ri(g, 2, 5), _ri(g, 1, 6)
         B = n_micro * _ri(g, 1, 4)
         return torch.randn(d, generator=g), torch.randn(B, d, generator=g), torch.randn(B, generator=g), n_micro
-    return check_function('grad_accumulation', wrapped, ref, make, trials=trials, atol=1e-5, rtol=1e-4, **kwargs)
+    hints = [(lambda got, want, a: torch.allclose(got, want * a[3], rtol=1e-4, atol=1e-5),
+              f"your gradient is n_micro times too big: divide each micro-batch's loss by n_micro before backward")]
+    return check_function('grad_accumulation', wrapped, ref, make, trials=trials, atol=1e-5, rtol=1e-4, hints=hints, **kwargs)
 
 def _mfu_ref(config: GPTConfig, tokens_per_s: float, peak: float) -> float:
-    return 3 * flops_per_token(config) * tokens_per_s / peak
+    return 3 * forward_flops_per_token(config) * tokens_per_s / peak
 
 def check_mfu(fn: Callable, # your fn(config, tokens_per_s, peak) -> MFU as a fraction
               trials: int = 10, **kwargs) -> CheckReport:
-    "Check a learner's model-FLOPs utilisation against 3·flops_per_token(config)·tokens_per_s / peak."
+    "Check a learner's model-FLOPs utilisation against 3·forward_flops_per_token(config)·tokens_per_s / peak."
     def make(g):
         h = _ri(g, 1, 8)
         c = GPTConfig.gpt2(vocab_size=_ri(g, 50, 5000), context_len=_ri(g, 8, 512), n_layer=_ri(g, 1, 8), n_head=h, d_model=h * 8 * _ri(g, 1, 8))
         return c, float(torch.randint(1000, 10**6, (1,), generator=g)), 1e12 * _ri(g, 1, 1000)
-    return check_function('mfu', fn, _mfu_ref, make, trials=trials, atol=1e-9, rtol=1e-6, **kwargs)
+    hints = [(lambda got, want, a: math.isclose(3 * got, want, rel_tol=1e-6), "3x too small: a training step is a forward AND a backward pass (about 2x the forward)"),
+             (lambda got, want, a: math.isclose(got, 100 * want, rel_tol=1e-6), "return a fraction (0.4), not a percentage (40)")]
+    return check_function('mfu', fn, _mfu_ref, make, trials=trials, atol=1e-9, rtol=1e-6, hints=hints, **kwargs)
+
+# %% ../nbs/3_pretraining/09_pretraining.ipynb #77c71be8
+class _StepCfg:
+    "The two settings `train_step` reads, for the checker."
+    def __init__(self, grad_accum, grad_clip): self.grad_accum, self.grad_clip = grad_accum, grad_clip
+
+def _same_params(a: list, b: list) -> bool:
+    return all(torch.allclose(x[k], y[k], rtol=1e-4, atol=1e-6) for x, y in zip(a, b) for k in x)
+
+def _first_step_mismatch(got_l, got_p, want_l, want_p) -> str | None:
+    "A sentence about the first step whose loss or parameters differ, or None."
+    for s, (gl, gp, wl, wp) in enumerate(zip(got_l, got_p, want_l, want_p), 1):
+        try: gl = float(gl)
+        except (TypeError, ValueError): return f"step {s}: return the mean loss of the step as a float, got {gl!r}"
+        if not math.isclose(gl, wl, rel_tol=1e-5, abs_tol=1e-6):
+            return f"step {s}: returned loss {gl:.6g}, expected the mean of the micro-batch losses {wl:.6g}"
+        for k in wp:
+            bad = ~torch.isclose(gp[k], wp[k], rtol=1e-4, atol=1e-6)
+            if bad.any():
+                idx = tuple(int(j) for j in bad.nonzero()[0])
+                return (f"after step {s}, {int(bad.sum())} of {bad.numel()} values of {k} differ; at {idx}: "
+                        f"got {gp[k][idx].item():.6g}, expected {wp[k][idx].item():.6g}")
+    return None
+
+# %% ../nbs/3_pretraining/09_pretraining.ipynb #6513f351
+def _ref_step(model, opt, batches, grad_accum, grad_clip, bug: str | None = None) -> float:
+    "The correct accumulation step (bug=None), or one with a named classic mistake, for the checker's hints."
+    if bug is None: return train_step(model, opt, batches, _StepCfg(grad_accum, grad_clip))[0]  # the chapter's own step
+    total = 0.0
+    for _ in range(grad_accum):
+        x, y = next(batches)
+        if bug == 'zero_grad_in_loop': opt.zero_grad()
+        _, loss = model(x, y)
+        (loss if bug == 'not_divided' else loss / grad_accum).backward()
+        if bug == 'clip_in_loop' and grad_clip is not None: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        total += loss.item() / grad_accum
+    if grad_clip is not None and bug != 'clip_in_loop': torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    if bug != 'no_zero_grad': opt.zero_grad()
+    return total
+
+_STEP_HINTS = {
+    'not_divided': "each micro-batch's loss must be divided by grad_accum before backward(): the gradients of the micro-batches add up in .grad",
+    'clip_in_loop': "clip once, after the last micro-batch: the norm to clip is the norm of the whole accumulated gradient",
+    'zero_grad_in_loop': "zero the gradients once per optimizer step, not before every micro-batch (only the last micro-batch counted)",
+    'no_zero_grad': "zero the gradients after opt.step() (or before the first micro-batch): the last step's gradients were added to this one's",
+}
+
+def _step_trial(g: torch.Generator) -> dict:
+    "A random tiny GPT, data, accumulation and clipping setting (clipping active about half the time)."
+    cfg = GPTConfig.gpt2(vocab_size=_ri(g, 20, 60), context_len=8, n_layer=1, n_head=2, d_model=16)
+    accum, B, steps = _ri(g, 1, 4), _ri(g, 1, 3), 2
+    data = [tuple(torch.randint(0, cfg.vocab_size, (2, B, 8), generator=g)) for _ in range(accum * steps)]
+    return dict(config=cfg, init=_ri(g, 0, 10**6), grad_accum=accum, data=data, steps=steps, clip=['none', 'active', 'inactive'][_ri(g, 0, 2)])
+
+def _run_steps(step_fn, t: dict, grad_clip, **kw) -> tuple[list, list]:
+    "Losses and parameter snapshots after each step of `step_fn` on trial `t`, from the same initial weights, with plain SGD."
+    torch.manual_seed(t['init']); model = GPT(t['config'])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    batches, losses, params = iter(t['data']), [], []
+    for _ in range(t['steps']):
+        losses.append(step_fn(model, opt, batches, t['grad_accum'], grad_clip, **kw))
+        params.append({k: v.detach().clone() for k, v in model.named_parameters()})
+    return losses, params
+
+def check_train_step(fn: Callable, # your fn(model, opt, batches, grad_accum, grad_clip) -> mean loss of the step
+                     trials: int = 8, # random tiny models and settings
+                     seed: int | None = None, # None: fresh trials each call
+                    ) -> CheckReport:
+    "Check a learner's optimizer step with gradient accumulation and clipping against `train_step`, two SGD steps per trial."
+    name = 'train_step (accumulation + clipping)'
+    g = torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
+    report = CheckReport(name, trials)
+    for i in range(trials):
+        t = _step_trial(g)
+        if t['clip'] == 'none': clip = None
+        else:  # a threshold below (active) or above (inactive) the first step's gradient norm
+            torch.manual_seed(t['init']); m = GPT(t['config'])
+            norm = train_step(m, torch.optim.SGD(m.parameters(), lr=0.0), iter(t['data']), _StepCfg(t['grad_accum'], None))[1]
+            clip = norm * (0.3 if t['clip'] == 'active' else 3.0)
+        want_l, want_p = _run_steps(_ref_step, t, clip)
+        where = f"trial {i + 1} (grad_accum={t['grad_accum']}, grad_clip={'None' if clip is None else f'{clip:.3g}'}{' (clipping active)' if t['clip'] == 'active' else ''}, 2 steps of SGD on a tiny GPT)"
+        try: got_l, got_p = _run_steps(fn, t, clip)
+        except NotImplementedError: return not_attempted(name)
+        except Exception as e:
+            report.failure = f"{where}: your function raised {type(e).__name__}: {e}"; break
+        msg = _first_step_mismatch(got_l, got_p, want_l, want_p)
+        if msg is not None:
+            hint = next((h for bug, h in _STEP_HINTS.items() if _same_params(_run_steps(_ref_step, t, clip, bug=bug)[1], got_p)), None)
+            report.failure = f"{where}: {msg}" + (f"\n   hint: {hint}" if hint else ''); break
+        report.passed += 1
+    if not report.ok: raise CheckFailed(str(report))
+    return report
