@@ -10,13 +10,14 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .core import check_function, CheckReport, subplots, patch_to
+from .core import check_function, CheckFailed, CheckReport, not_attempted, subplots, patch_to
 
 # %% auto #0
 __all__ = ['EXPRESSION_OPS', 'SMOOTH_OPS', 'VALUE_OP_REFERENCES', 'Value', 'topological_order', 'backward', 'draw_graph',
            'plot_neuron_graph', 'Program', 'random_program', 'run_program', 'describe_program', 'torch_grads',
            'value_grads', 'numerical_grad', 'Module', 'Neuron', 'Layer', 'MLP', 'make_moons', 'hinge_loss', 'sgd_step',
-           'plot_decision_boundary', 'to_torch', 'torch_hinge_loss', 'check_value_op', 'check_backward']
+           'plot_decision_boundary', 'to_torch', 'torch_hinge_loss', 'check_value_op', 'check_topological_order',
+           'check_backward']
 
 # %% ../nbs/1_foundations/02_autograd.ipynb #9641072f
 def _as_number(x, what: str = 'a Value') -> float:
@@ -90,8 +91,15 @@ def __pow__(self: Value, k: float) -> Value:
                         f"(for a Value exponent write (a.log() * b).exp())")
     if self.data < 0 and not float(k).is_integer():
         raise ValueError(f"({self.data:g}) ** {k}: a fractional power of a negative number is not a real number")
-    out = Value(self.data ** k, (self,), f'**{k:g}')
-    def _backward(grad): self.grad += k * self.data ** (k - 1) * grad
+    if self.data == 0 and k < 0:
+        raise ZeroDivisionError(f"0 ** {k:g} is infinite: a negative power (or a division) of a Value that is 0")
+    try: data = self.data ** k
+    except OverflowError: raise OverflowError(f"({self.data:g}) ** {k:g} is too large for a float") from None
+    out = Value(data, (self,), f'**{k:g}')
+    def _backward(grad):
+        if k == 0: return  # x⁰ = 1 is a constant, even at x = 0: no gradient (torch agrees)
+        if self.data == 0 and k < 1: self.grad += math.inf * grad  # x^k for 0 < k < 1 has an infinite slope at 0 (torch: inf)
+        else: self.grad += k * self.data ** (k - 1) * grad
     out._backward = _backward
     return out
 
@@ -99,7 +107,8 @@ def __pow__(self: Value, k: float) -> Value:
 @patch_to(Value)
 def exp(self: Value) -> Value:
     "e^self."
-    e = math.exp(self.data)
+    try: e = math.exp(self.data)
+    except OverflowError: raise OverflowError(f"exp({self.data:g}) is too large for a float (the limit is about exp(709.78))") from None
     out = Value(e, (self,), 'exp')
     def _backward(grad): self.grad += e * grad
     out._backward = _backward
@@ -487,15 +496,33 @@ VALUE_OP_REFERENCES: dict[str, tuple[int, Callable, float, float]] = {
 }
 
 # %% ../nbs/1_foundations/02_autograd.ipynb #0b6d1844
+def _close(a: float, b: float) -> bool: return math.isclose(a, b, rel_tol=1e-7, abs_tol=1e-9)
+
+_VALUE_OP_HINTS = [
+    (lambda got, want, args: not _close(got[0], want[0]),
+     "the op's value (item 0) is wrong: check the forward computation before its backward rule"),
+    (lambda got, want, args: _close(got[1], want[1] - want[0]),
+     "a gradient was overwritten: use `+=` in _backward (a value used twice gets gradient along every path)"),
+    (lambda got, want, args: _close(got[1], want[0] + (want[1] - want[0]) / (args[0] + 1)),
+     "the chain rule's factor is missing: multiply the local derivative by `grad`, the gradient arriving at out"),
+    (lambda got, want, args: True,
+     "the value is right but a gradient is not: check the local derivative in _backward, and that out._backward is set"),
+]
+
+def _op_name(fn: Callable, name: str | None, known: dict, what: str) -> str:
+    "`name`, or the name of `fn` without its 'my_' prefix (my_exp -> 'exp'); a clear error when it is not in `known`."
+    name = name if name is not None else getattr(fn, '__name__', '').removeprefix('my_')
+    if name not in known: raise ValueError(f"unknown {what} {name!r}: expected one of {list(known)} (pass name=...)")
+    return name
+
 def check_value_op(fn: Callable[..., Value], # your op: takes Value(s), returns a Value
-                   name: str, # which op: a key of VALUE_OP_REFERENCES
+                   name: str | None = None, # which op, a key of VALUE_OP_REFERENCES; default: fn's name without 'my_'
                    trials: int = 20, # how many random inputs
                    seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
                    raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
                    ) -> CheckReport:
     "Check your Value op against PyTorch on random inputs: compares (op(x1, ..), dz/dx1, ..) for z = op(..) · x1 + op(..)."
-    if name not in VALUE_OP_REFERENCES:
-        raise ValueError(f"unknown op {name!r}: expected one of {list(VALUE_OP_REFERENCES)}")
+    name = _op_name(fn, name, VALUE_OP_REFERENCES, 'op')
     arity, ref, lo, hi = VALUE_OP_REFERENCES[name]
     def make(g):  # inputs away from 0, where abs, relu and friends have a kink
         u = torch.rand(arity, generator=g, dtype=torch.float64) * (hi - lo) + lo
@@ -513,7 +540,47 @@ def check_value_op(fn: Callable[..., Value], # your op: takes Value(s), returns 
         z = out * leaves[0] + out
         return (out.item(), *(g.item() for g in torch.autograd.grad(z, leaves)))
     return check_function(f'Value op {name}', mine, reference, make, trials=trials, atol=1e-9, rtol=1e-7,
-                          seed=seed, raise_on_fail=raise_on_fail)
+                          seed=seed, raise_on_fail=raise_on_fail, hints=_VALUE_OP_HINTS)
+
+# %% ../nbs/1_foundations/02_autograd.ipynb #b4737c2d
+def _check_order(order, root: Value) -> str | None:
+    "None if `order` is a topological order of root's graph, else what is wrong with it (and a hint)."
+    want = topological_order(root)
+    if not isinstance(order, (list, tuple)): return f"expected a list of Values, got {type(order).__name__}"
+    ids = [id(v) for v in order]
+    if len(set(ids)) < len(ids):
+        return (f"a node appears more than once ({len(ids)} entries, {len(set(ids))} distinct)\n"
+                "   hint: keep a `seen` set: a shared sub-expression is reached along several paths")
+    if set(ids) != {id(v) for v in want}:
+        missing, extra = len({id(v) for v in want} - set(ids)), len(set(ids) - {id(v) for v in want})
+        return f"the order has {missing} of the graph's {len(want)} nodes missing and {extra} that are not in it"
+    where = {i: n for n, i in enumerate(ids)}
+    for v in order:
+        for child in v._prev:
+            if where[id(child)] > where[id(v)]:
+                return (f"{v!r} (op {v._op!r}) comes before its input {child!r}\n"
+                        "   hint: append a node only after all of its inputs (post-order), so the root ends up last")
+    return None
+
+def check_topological_order(fn: Callable[[Value], list], # your sort: fn(root) -> list of Values
+                            trials: int = 20, # how many random expressions
+                            seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
+                            raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
+                           ) -> CheckReport:
+    "Check that fn(root) lists every node of random expressions once, each after its inputs (any valid order passes)."
+    gen = torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
+    report = CheckReport('topological_order', trials)
+    for t in range(trials):
+        program, xs = _random_expression(gen)
+        root = run_program(program, [Value(x) for x in xs])
+        try: order = fn(root)
+        except NotImplementedError: return not_attempted(report.name)
+        except Exception as e: report.failure = f"trial {t + 1}: your function raised {type(e).__name__}: {e}"; break
+        if (msg := _check_order(order, root)) is not None:
+            report.failure = f"trial {t + 1} (y = {describe_program(program)}): {msg}"; break
+        report.passed += 1
+    if raise_on_fail and not report.ok: raise CheckFailed(str(report))
+    return report
 
 # %% ../nbs/1_foundations/02_autograd.ipynb #0bc9cf95
 def _random_expression(g: torch.Generator) -> tuple[list, list[float]]:
@@ -526,17 +593,40 @@ def _random_expression(g: torch.Generator) -> tuple[list, list[float]]:
         except (OverflowError, ValueError, ZeroDivisionError): continue
         if all(math.isfinite(v) and abs(v) < 1e6 for v in (out, *grads)): return program, xs
 
+def _grads_after(backprop: Callable[[Value], None]) -> Callable:
+    "program, xs -> the input gradients that `backprop` leaves on a fresh graph of the program."
+    def run(program, xs):
+        leaves = [Value(x) for x in xs]
+        backprop(run_program(program, leaves))
+        return tuple(v.grad for v in leaves)
+    return run
+
+def _unreversed(root):  # runs _backward in topological order instead of reversed
+    root.grad = 1.0
+    for v in topological_order(root): v._backward(v.grad)
+
+def _per_path(root):  # recursion without a topological order: a shared node sends its gradient once per path
+    root.grad = 1.0
+    def visit(v):
+        v._backward(v.grad)
+        for child in v._prev: visit(child)
+    visit(root)
+
+_BACKWARD_HINTS = [
+    (lambda got, want, args: all(g == 0 for g in got), "every gradient is 0: seed the output first, root.grad = 1"),
+    (lambda got, want, args: _close_all(got, _grads_after(_unreversed)(*args)),
+     "walk the topological order in reverse (root first): a node may pass its gradient on only once it is complete"),
+    (lambda got, want, args: _close_all(got, _grads_after(_per_path)(*args)),
+     "a shared node passed its gradient on once per path: call each node's _backward exactly once, in reverse topological order"),
+]
+
+def _close_all(a, b) -> bool: return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+
 def check_backward(fn: Callable[[Value], None], # your backward: fn(root) fills .grad of everything root depends on
                    trials: int = 20, # how many random expressions
                    seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
                    raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
                    ) -> CheckReport:
     "Check your backward pass: the input gradients it leaves on random expressions, against `Value.backward`."
-    def grads_after(backprop):
-        def run(program, xs):
-            leaves = [Value(x) for x in xs]
-            backprop(run_program(program, leaves))
-            return tuple(v.grad for v in leaves)
-        return run
-    return check_function('backward', grads_after(fn), grads_after(backward), _random_expression,
-                          trials=trials, atol=1e-9, rtol=1e-7, seed=seed, raise_on_fail=raise_on_fail)
+    return check_function('backward', _grads_after(fn), _grads_after(backward), _random_expression,
+                          trials=trials, atol=1e-9, rtol=1e-7, seed=seed, raise_on_fail=raise_on_fail, hints=_BACKWARD_HINTS)

@@ -16,7 +16,8 @@ from .core import check_function, CheckReport, subplots
 __all__ = ['ACTIVATIONS', 'neuron', 'make_blobs_2d', 'plot_neuron', 'step', 'sigmoid', 'tanh', 'relu', 'gelu', 'gelu_tanh',
            'silu', 'd_step', 'd_sigmoid', 'd_tanh', 'd_relu', 'd_silu', 'd_gelu', 'd_gelu_tanh', 'reference_derivative',
            'plot_activations', 'perceptron_update', 'train_perceptron', 'init_mlp', 'mlp_forward', 'to_sequential',
-           'count_params', 'check_activation', 'check_derivative', 'check_count_params', 'check_mlp_forward']
+           'count_params', 'check_activation', 'check_derivative', 'check_count_params', 'check_mlp_forward',
+           'check_perceptron', 'check_mlp_step']
 
 # %% ../nbs/1_foundations/01_neurons.ipynb #bae03c4a
 def neuron(x: torch.Tensor, # inputs, shape (..., n)
@@ -28,6 +29,8 @@ def neuron(x: torch.Tensor, # inputs, shape (..., n)
     if w.ndim != 1 or x.shape[-1] != w.shape[0]:
         raise ValueError(f"neuron expects x of shape (..., n) and w of shape (n,); "
                          f"got x {tuple(x.shape)} and w {tuple(w.shape)}")
+    if isinstance(b, torch.Tensor) and b.numel() != 1:
+        raise ValueError(f"neuron's bias b must be a single number, got a tensor of shape {tuple(b.shape)}")
     z = x @ w + b  # (...,) the pre-activation
     return z if f is None else f(z)
 
@@ -260,29 +263,47 @@ def _activation_inputs(g: torch.Generator) -> tuple[torch.Tensor]:
     x[torch.randperm(rows * cols, generator=g)[:6]] = torch.tensor([-100.0, -30.0, -12.0, 12.0, 30.0, 100.0])
     return (x.reshape(rows, cols),)
 
+def _name_of(fn: Callable, name: str | None, prefix: str) -> str:
+    "`name`, or fn's name without `prefix` (my_silu -> 'silu', my_d_gelu -> 'gelu'); checked against ACTIVATIONS."
+    if name is None:
+        name = getattr(fn, '__name__', '').removeprefix(prefix)
+        if name not in ACTIVATIONS:
+            raise ValueError(f"which activation? {getattr(fn, '__name__', fn)!r} does not name one of {list(ACTIVATIONS)}: pass name=...")
+    _activation(name)
+    return name
+
+_NAN_HINT = (lambda got, want, args: not torch.isfinite(torch.as_tensor(got)).all() and torch.isfinite(torch.as_tensor(want)).all(),
+             "inf or nan for large |x|: rewrite the formula so that no exp() overflows (e.g. tanh(x) = 2σ(2x) − 1)")
+
 def check_activation(fn: Callable[[torch.Tensor], torch.Tensor], # your activation: tensor in, tensor of the same shape out
-                     name: str, # which one: 'step', 'sigmoid', 'tanh', 'relu', 'gelu', 'gelu_tanh' or 'silu'
+                     name: str | None = None, # 'step', 'sigmoid', 'tanh', 'relu', 'gelu', 'gelu_tanh' or 'silu'; default: fn's name without 'my_'
                      trials: int = 20, # how many random inputs
                      seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
                      raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
                      ) -> CheckReport:
     "Check your activation `name` against torch.nn.functional on fresh random inputs (float32, atol 1e-6)."
+    name = _name_of(fn, name, 'my_')
     ref = _activation(name)[2]
     return check_function(f'activation {name}', fn, ref, _activation_inputs, trials=trials, atol=1e-6, rtol=1e-5,
-                          seed=seed, raise_on_fail=raise_on_fail)
+                          seed=seed, raise_on_fail=raise_on_fail, hints=[_NAN_HINT])
 
 # %% ../nbs/1_foundations/01_neurons.ipynb #d7de9c9a
+_DERIVATIVE_HINTS = [_NAN_HINT,
+    (lambda got, want, args: torch.allclose(torch.as_tensor(got).double(), ACTIVATIONS['gelu'][1](args[0]) - args[0] * torch.exp(-0.5 * args[0]**2) / math.sqrt(2 * math.pi)),
+     "the product rule has two terms: (x Φ(x))' = Φ(x) + x φ(x), with φ the normal density e^(−x²/2)/√(2π)")]
+
 def check_derivative(fn: Callable[[torch.Tensor], torch.Tensor], # your derivative f'(x), elementwise
-                     name: str, # which activation: a key of ACTIVATIONS
+                     name: str | None = None, # which activation, a key of ACTIVATIONS; default: fn's name without 'my_d_'
                      trials: int = 20, # how many random inputs
                      seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
                      raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
                      ) -> CheckReport:
     "Check your derivative of activation `name` against torch.autograd on fresh random float64 inputs."
-    _activation(name)
+    name = _name_of(fn, name, 'my_d_')
     make = lambda g: (_activation_inputs(g)[0].double(),)
     return check_function(f"derivative of {name}", fn, lambda x: reference_derivative(name, x), make,
-                          trials=trials, atol=1e-9, rtol=1e-7, seed=seed, raise_on_fail=raise_on_fail)
+                          trials=trials, atol=1e-9, rtol=1e-7, seed=seed, raise_on_fail=raise_on_fail,
+                          hints=_DERIVATIVE_HINTS if name == 'gelu' else [_NAN_HINT])
 
 # %% ../nbs/1_foundations/01_neurons.ipynb #dff19205
 def _layer_sizes(g: torch.Generator) -> tuple[list[int], bool]:
@@ -305,11 +326,122 @@ def _mlp_inputs(g: torch.Generator) -> tuple[list, torch.Tensor]:
     params = init_mlp(sizes, bias=bias, generator=g)
     return params, torch.randn(int(torch.randint(1, 17, (1,), generator=g)), sizes[0], generator=g)
 
+def _forward_variant(params, x, relu_last=False):
+    for i, (W, b) in enumerate(params):
+        x = x @ W.T + (0 if b is None else b)
+        if i < len(params) - 1 or relu_last: x = x.clamp(min=0)
+    return x
+
 def check_mlp_forward(fn: Callable[[list, torch.Tensor], torch.Tensor], # your forward: fn(params, x) -> (batch, out)
                       trials: int = 20, # how many random networks
                       seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
                       raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
                       ) -> CheckReport:
     "Check your MLP forward pass against `mlp_forward` (ReLU between layers) on random networks and batches."
+    hints = [(lambda got, want, args: torch.allclose(torch.as_tensor(got), _forward_variant(*args, relu_last=True), atol=1e-5),
+              "no activation after the last layer: its outputs are scores (or logits) and may be negative")]
     return check_function('mlp_forward', fn, mlp_forward, _mlp_inputs, trials=trials, atol=1e-5, rtol=1e-5,
-                          seed=seed, raise_on_fail=raise_on_fail)
+                          seed=seed, raise_on_fail=raise_on_fail, hints=hints)
+
+# %% ../nbs/1_foundations/01_neurons.ipynb #3f3aee44
+def _perceptron_variant(X, y, epochs, lr, strict=True, bias=True, early_stop=True, per_example=True):
+    "train_perceptron with one of the usual mistakes switched on (for the checker's hints)."
+    w, b, mistakes = torch.zeros(X.shape[1], dtype=X.dtype), 0.0, []
+    for _ in range(epochs):
+        n_wrong, dw, db = 0, torch.zeros_like(w), 0.0
+        for xi, yi in zip(X, y.tolist()):
+            z = float(xi @ w + b)
+            err = yi - int(z > 0 if strict else z >= 0)
+            if per_example: w, b = w + lr * err * xi, b + lr * err * bias
+            else: dw, db = dw + lr * err * xi, db + lr * err * bias
+            n_wrong += err != 0
+        if not per_example: w, b = w + dw, b + db
+        mistakes.append(n_wrong)
+        if n_wrong == 0 and early_stop: break
+    return w, b, mistakes
+
+def _perceptron_inputs(g: torch.Generator):
+    "Two clouds in d = 2..5 dimensions, off the origin, separable or not; epochs and learning rate at random."
+    r = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))
+    n, d = r(4, 31), r(2, 6)
+    y = torch.randint(0, 2, (n,), generator=g)
+    centre = torch.randn(d, generator=g, dtype=torch.float64) * [0.5, 2.0, 4.0][r(0, 3)]
+    X = (2 * y[:, None] - 1) * centre + torch.randn(n, d, generator=g, dtype=torch.float64) + torch.randn(d, generator=g, dtype=torch.float64)
+    return X, y, r(1, 16), [1.0, 0.5, 0.1][r(0, 3)]
+
+def _same_training(got, want) -> bool:
+    try: return (torch.allclose(torch.as_tensor(got[0]).double(), want[0].double(), atol=1e-9) and
+                 math.isclose(float(got[1]), want[1], abs_tol=1e-9) and [int(m) for m in got[2]] == list(want[2]))
+    except Exception: return False
+
+_PERCEPTRON_HINTS = [(lambda got, want, args, kw=kw: _same_training(got, _perceptron_variant(*args, **kw)), text) for kw, text in [
+    (dict(strict=False), "predict 1 only when w·x + b > 0, strictly: with w = 0 and b = 0 at the start, the first example counts as predicted 0"),
+    (dict(bias=False), "the bias learns too: b ← b + η(y − ŷ)"),
+    (dict(early_stop=False), "stop after the first epoch without a mistake: the list of mistakes ends with that epoch's 0"),
+    (dict(per_example=False), "update after every example (online), not once per epoch with the summed errors"),
+]]
+
+def check_perceptron(fn: Callable, # your trainer: fn(X (n, d), y (n,) in {0, 1}, epochs, lr) -> (w (d,), b, mistakes per epoch)
+                     trials: int = 20, # how many random data sets
+                     seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
+                     raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
+                    ) -> CheckReport:
+    "Check your perceptron trainer against `train_perceptron` (weights, bias and mistakes per epoch) on random data sets."
+    return check_function('perceptron', fn, train_perceptron, _perceptron_inputs, trials=trials, atol=1e-9, rtol=1e-9,
+                          seed=seed, raise_on_fail=raise_on_fail, hints=_PERCEPTRON_HINTS)
+
+# %% ../nbs/1_foundations/01_neurons.ipynb #daf896a2
+def _mlp_step_inputs(g: torch.Generator):
+    "A random 2-layer float64 MLP [(W1, b1), (W2, b2)], a batch x, targets y and a learning rate."
+    r = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))
+    n_in, hidden, n_out, batch = r(1, 7), r(2, 11), r(1, 4), r(2, 17)
+    params = [(W.double(), b.double()) for W, b in init_mlp([n_in, hidden, n_out], generator=g)]
+    x = torch.randn(batch, n_in, generator=g, dtype=torch.float64)
+    y = torch.randn(batch, n_out, generator=g, dtype=torch.float64)
+    return params, x, y, float(torch.rand((), generator=g)) * 0.5 + 0.01
+
+def _mlp_step_reference(params, x, y, lr):
+    "The loss before the step and the parameters after one SGD step, by torch.autograd."
+    leaves = [t.detach().clone().requires_grad_(True) for layer in params for t in layer]
+    W1, b1, W2, b2 = leaves
+    loss = ((torch.relu(x @ W1.T + b1) @ W2.T + b2 - y) ** 2).mean()
+    grads = torch.autograd.grad(loss, leaves)
+    new = [(t - lr * gr).detach() for t, gr in zip(leaves, grads)]
+    return loss.detach(), [(new[0], new[1]), (new[2], new[3])]
+
+def _mlp_step_variant(params, x, y, lr, mask=True, divide_by='all', two=True):
+    "The step by hand, with one of the usual mistakes switched on (for the checker's hints)."
+    (W1, b1), (W2, b2) = params
+    a = x @ W1.T + b1  # (N, H) pre-activations
+    h = a.clamp(min=0)  # (N, H)
+    out = h @ W2.T + b2  # (N, O)
+    n = {'all': out.numel(), 'batch': out.shape[0], 'none': 1}[divide_by]
+    d_out = (2 if two else 1) * (out - y) / n  # (N, O)
+    d_h = d_out @ W2  # (N, H)
+    d_a = d_h * (a > 0) if mask else d_h
+    grads = [d_a.T @ x, d_a.sum(0), d_out.T @ h, d_out.sum(0)]
+    new = [t - lr * gr for t, gr in zip((W1, b1, W2, b2), grads)]
+    return ((out - y) ** 2).sum() / n, [(new[0], new[1]), (new[2], new[3])]
+
+def _same_step(got, want) -> bool:
+    try: return (math.isclose(float(got[0]), float(want[0]), rel_tol=1e-7, abs_tol=1e-9) and
+                 all(torch.allclose(torch.as_tensor(g).double(), w, atol=1e-9, rtol=1e-7)
+                     for gl, wl in zip(got[1], want[1]) for g, w in zip(gl, wl)))
+    except Exception: return False
+
+_MLP_STEP_HINTS = [(lambda got, want, args, kw=kw: _same_step(got, _mlp_step_variant(*args, **kw)), text) for kw, text in [
+    (dict(mask=False), "the gradient through the ReLU is missing its mask: multiply by (pre-activation > 0)"),
+    (dict(divide_by='none'), "that is the summed squared error: the loss is the mean over all N·n_out entries, and so is its gradient"),
+    (dict(divide_by='batch'), "the mean runs over all N·n_out entries of (out − y)², not only over the N examples"),
+    (dict(two=False), "d/d out of (out − y)² is 2(out − y): the factor 2 is missing"),
+]] + [(lambda got, want, args: math.isclose(float(got[0]), float(want[0]), rel_tol=1e-7, abs_tol=1e-9),
+       "the loss is right but the new parameters are not: check each gradient's shape and transpose (dL/dW has W's shape, dL/db sums over the batch)")]
+
+def check_mlp_step(fn: Callable, # your step: fn(params [(W1, b1), (W2, b2)], x (N, in), y (N, out), lr) -> (loss, new params)
+                   trials: int = 20, # how many random networks
+                   seed: int | None = None, # None: fresh random inputs on every call; an int: repeatable
+                   raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else just return the report)
+                  ) -> CheckReport:
+    "Check one hand-written SGD step of a 2-layer ReLU MLP on the mean squared error against torch.autograd."
+    return check_function('mlp_step', fn, _mlp_step_reference, _mlp_step_inputs, trials=trials, atol=1e-9, rtol=1e-7,
+                          seed=seed, raise_on_fail=raise_on_fail, hints=_MLP_STEP_HINTS)

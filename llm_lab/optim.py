@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from .core import CheckReport, check_function, subplots
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'OPTIMIZERS', 'mse_loss', 'logsumexp', 'log_softmax', 'cross_entropy', 'SGD', 'optimizer_parity',
-           'RMSprop', 'Adam', 'AdamW', 'save_optimizer', 'load_optimizer', 'lr_warmup_cosine', 'lr_linear', 'lr_step',
-           'lr_lambda', 'clip_grad_norm_', 'rosenbrock', 'optimizer_path', 'plot_optimizer_paths', 'init_std',
-           'make_mlp', 'activation_stats', 'dropout', 'Dropout', 'EarlyStopping', 'make_regression_task', 'fit',
-           'check_cross_entropy', 'check_sgd_step', 'check_adam_step', 'check_adamw_step', 'check_schedule']
+__all__ = ['SCHEDULES', 'OPTIMIZERS', 'mse_loss', 'logsumexp', 'log_softmax', 'softmax', 'cross_entropy', 'SGD',
+           'optimizer_parity', 'RMSprop', 'Adam', 'AdamW', 'save_optimizer', 'load_optimizer', 'lr_warmup_cosine',
+           'lr_linear', 'lr_step', 'lr_lambda', 'clip_grad_norm_', 'rosenbrock', 'optimizer_path',
+           'plot_optimizer_paths', 'init_std', 'make_mlp', 'activation_stats', 'dropout', 'Dropout', 'EarlyStopping',
+           'make_regression_task', 'fit', 'check_cross_entropy', 'check_sgd_step', 'check_adam_step',
+           'check_adamw_step', 'check_schedule']
 
 # %% ../nbs/1_foundations/03_training.ipynb #8653bb34
 def mse_loss(pred: torch.Tensor, # predictions, any shape
@@ -39,10 +40,17 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 # %% ../nbs/1_foundations/03_training.ipynb #28dd20c1
+def _check_float(x, fn: str) -> None:
+    "A clear error unless `x` is a floating-point tensor."
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{fn}: x must be a floating-point tensor, got {what}")
+
 def logsumexp(x: torch.Tensor, # any float tensor
               dim: int = -1, # the dimension to reduce
              ) -> torch.Tensor:
     "log(sum(exp(x))) along `dim`, computed stably by factoring out the maximum."
+    _check_float(x, 'logsumexp')
     m = x.amax(dim, keepdim=True).detach()  # (..., 1); detached: m cancels out mathematically
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row of all -inf stays -inf
     return (m + (x - m).exp().sum(dim, keepdim=True).log()).squeeze(dim)
@@ -50,6 +58,16 @@ def logsumexp(x: torch.Tensor, # any float tensor
 def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     "log(softmax(x)) along `dim`: x - logsumexp(x)."
     return x - logsumexp(x, dim).unsqueeze(dim)
+
+def softmax(x: torch.Tensor, # any float tensor
+            dim: int = -1, # the dimension that sums to 1
+           ) -> torch.Tensor:
+    "Probabilities e^x / Σ e^x along `dim`, stable for any logit size; float16/bfloat16 are computed in float32."
+    _check_float(x, 'softmax')
+    z = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # float32 and float64 stay as they are
+    e = (z - z.amax(dim, keepdim=True).detach()).exp()  # every exponent <= 0: no overflow, and the largest term is 1
+    return (e / e.sum(dim, keepdim=True)).to(x.dtype)
+
 
 # %% ../nbs/1_foundations/03_training.ipynb #83a11635
 def cross_entropy(logits: torch.Tensor, # (..., C) unnormalised scores, classes last
@@ -284,12 +302,20 @@ def load_optimizer(opt: torch.optim.Optimizer, # an optimizer built over the sam
     for key, t in tensors.items():
         pid, k = key.split('.', 1)
         state.setdefault(int(pid), {})[k] = t
-    opt.load_state_dict({'state': state, 'param_groups': meta['param_groups']})
+    groups = meta['param_groups']
+    if len(groups) != len(opt.param_groups):
+        raise ValueError(f"load_optimizer: {path} holds {len(groups)} param groups, the optimizer has {len(opt.param_groups)}")
+    for saved, current in zip(groups, opt.param_groups):  # JSON has no tuples: betas=(0.9, 0.999) came back as a list
+        for k, v in saved.items():
+            if isinstance(v, list) and isinstance(current.get(k), tuple): saved[k] = tuple(v)
+    opt.load_state_dict({'state': state, 'param_groups': groups})
     return opt
 
 # %% ../nbs/1_foundations/03_training.ipynb #e938b0cb
 def _warmup_progress(step: int, warmup_steps: int, total_steps: int) -> tuple[float | None, float]:
     "(warmup factor or None after warmup, decay progress in [0, 1])."
+    if not (isinstance(step, int) or hasattr(step, '__index__')) or step < 0:
+        raise ValueError(f"step must be an int >= 0 (optimizer steps count from 0), got {step!r}")
     if not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"need 0 <= warmup_steps <= total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}")
     if step < warmup_steps: return (step + 1) / warmup_steps, 0.0
@@ -317,6 +343,7 @@ def lr_step(step: int, max_lr: float, step_size: int, # multiply by gamma every 
             gamma: float = 0.1) -> float:
     "Learning rate at `step`: `max_lr` multiplied by `gamma` every `step_size` steps (like `StepLR`)."
     if step_size < 1: raise ValueError(f"step_size must be >= 1, got {step_size}")
+    if step < 0: raise ValueError(f"step must be >= 0 (optimizer steps count from 0), got {step}")
     return max_lr * gamma ** (step // step_size)
 
 # %% ../nbs/1_foundations/03_training.ipynb #0b0cc92f
@@ -407,6 +434,7 @@ def init_std(scheme: str, # 'default', 'xavier' or 'kaiming'
              nonlinearity: str = 'relu', # the activation after the layer (sets kaiming's gain)
             ) -> float:
     "The standard deviation of a layer's weights under an initialisation scheme."
+    if fan_in < 1 or fan_out < 1: raise ValueError(f"init_std: fan_in and fan_out must be >= 1, got {fan_in} and {fan_out}")
     if scheme == 'default': return 1 / math.sqrt(3 * fan_in)  # U(±1/√fan_in)
     if scheme == 'xavier': return math.sqrt(2 / (fan_in + fan_out))
     if scheme == 'kaiming': return nn.init.calculate_gain(nonlinearity) / math.sqrt(fan_in)
@@ -420,6 +448,7 @@ def make_mlp(depth: int, # number of hidden layers
              dropout: float = 0.0, # dropout probability after each activation
             ) -> nn.Sequential:
     "An MLP of `depth` hidden layers, initialised with `init` (normal weights of `init_std`, zero biases)."
+    if activation not in ('tanh', 'relu'): raise ValueError(f"make_mlp: activation must be 'tanh' or 'relu', got {activation!r}")
     act = {'tanh': nn.Tanh, 'relu': nn.ReLU}[activation]
     sizes, layers = [n_in or width] + [width] * depth, []
     for a, b in zip(sizes, sizes[1:]):
@@ -525,16 +554,32 @@ def fit(model: nn.Module, # the model to train (in place)
     return hist
 
 # %% ../nbs/1_foundations/03_training.ipynb #134e061c
+def _like(wrong: Callable, atol: float = 1e-9, rtol: float = 1e-7) -> Callable:
+    "A hint predicate: True when the learner's result equals what the known mistake `wrong` computes on the same inputs."
+    def matches(got, want, args) -> bool:
+        w, g = torch.as_tensor(wrong(*args)), torch.as_tensor(got)
+        return g.shape == w.shape and torch.allclose(g.double(), w.double(), atol=atol, rtol=rtol, equal_nan=True)
+    return matches
+
 def _ce_inputs(g: torch.Generator):
     N, C = int(torch.randint(1, 17, (1,), generator=g)), int(torch.randint(2, 51, (1,), generator=g))
     scale = [1.0, 10.0, 300.0][int(torch.randint(0, 3, (1,), generator=g))]  # 300: exp() overflows in float32
     return torch.randn(N, C, generator=g) * scale, torch.randint(0, C, (N,), generator=g)
 
+_CE_HINTS = [
+    (lambda got, want, args: not torch.isfinite(torch.as_tensor(got)).all(),
+     "inf or nan: exp() overflowed on large logits; subtract each row's maximum first (the log-sum-exp trick)"),
+    (_like(lambda z, y: F.cross_entropy(z, y, reduction='sum'), 1e-4, 1e-5), "that is the sum over the examples: return the mean"),
+    (_like(lambda z, y: -(z - torch.logsumexp(z, 0, keepdim=True)).gather(1, y[:, None]).mean(), 1e-4, 1e-5),
+     "normalised over the wrong dimension: each row (one example) is a distribution over the C classes, so reduce dim=-1"),
+]
+
 def check_cross_entropy(fn: Callable, # fn(logits (N, C), targets (N,) long) -> mean loss, a scalar tensor
-                        trials: int = 20, **kwargs) -> CheckReport:
+                        trials: int = 20, # how many random inputs
+                        **kwargs) -> CheckReport: # seed, raise_on_fail, atol, rtol: passed on to check_function
     "Check a learner's mean cross-entropy against `F.cross_entropy`, on logits of all sizes (up to hundreds)."
     return check_function('cross_entropy', fn, lambda z, y: F.cross_entropy(z, y), _ce_inputs, trials=trials,
-                          **{'atol': 1e-4, 'rtol': 1e-5, **kwargs})
+                          **{'atol': 1e-4, 'rtol': 1e-5, 'hints': _CE_HINTS, **kwargs})
 
 # %% ../nbs/1_foundations/03_training.ipynb #16e7eefd
 def _run_steps(step_fn: Callable, param: torch.Tensor, grads: torch.Tensor, hp: dict) -> torch.Tensor:
@@ -565,6 +610,7 @@ def _step_inputs(g: torch.Generator, hp_fn: Callable):
     return param, grads, hp_fn(u)
 
 def _check_steps(name, fn, make_opt, hp_fn, trials, **kwargs) -> CheckReport:
+    "Compare fn's parameter after every step with the torch optimizer's; kwargs go to check_function."
     return check_function(name, lambda p, gs, hp: _run_steps(fn, p, gs, hp),
                           lambda p, gs, hp: _torch_steps(lambda ps: make_opt(ps, hp), p, gs),
                           lambda g: _step_inputs(g, hp_fn), trials=trials, **{'atol': 1e-9, 'rtol': 1e-7, **kwargs})
@@ -575,10 +621,59 @@ def _sgd_hp(u):
     return dict(lr=0.01 + 0.2 * u(), momentum=momentum, weight_decay=[0.0, 0.1][int(u() * 2)],
                 nesterov=bool(momentum > 0 and u() < 0.5))
 
+def _sgd_variant(ema: bool = False, nesterov: bool = True, decay: bool = True) -> Callable:
+    "An SGD step with one of the usual mistakes switched on (for the checker's hints)."
+    def step(p, g, state, hp):
+        if decay: g = g + hp['weight_decay'] * p
+        if hp['momentum']:
+            mu = hp['momentum']
+            if ema: state['b'] = mu * state.get('b', torch.zeros_like(g)) + (1 - mu) * g
+            else: state['b'] = g.clone() if 'b' not in state else mu * state['b'] + g
+            g = g + mu * state['b'] if hp['nesterov'] and nesterov else state['b']
+        return p - hp['lr'] * g
+    return step
+
+def _adam_variant(decoupled: bool, bias_correction: bool = True, eps_inside: bool = False, decay_after: bool = False) -> Callable:
+    "An Adam/AdamW step with one of the usual mistakes switched on (for the checker's hints)."
+    def step(p, g, state, hp):
+        if not state: state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+        state['t'] += 1
+        lr, wd = hp['lr'], hp['weight_decay']
+        if decoupled and not decay_after: p = p * (1 - lr * wd)
+        elif not decoupled: g = g + wd * p
+        state['m'] = hp['beta1'] * state['m'] + (1 - hp['beta1']) * g
+        state['v'] = hp['beta2'] * state['v'] + (1 - hp['beta2']) * g * g
+        m, v = state['m'], state['v']
+        if bias_correction: m, v = m / (1 - hp['beta1'] ** state['t']), v / (1 - hp['beta2'] ** state['t'])
+        p = p - lr * m / ((v + hp['eps']).sqrt() if eps_inside else v.sqrt() + hp['eps'])
+        return p * (1 - lr * wd) if decoupled and decay_after else p
+    return step
+
+def _step_hints(*pairs) -> list:
+    "Hints recognising the steps of known wrong step functions."
+    return [(_like(lambda p, gs, hp, f=f: _run_steps(f, p, gs, hp)), text) for f, text in pairs]
+
+_NO_BIAS_CORRECTION = ("no bias correction? m and v start at 0, so divide them by 1 − β₁ᵗ and 1 − β₂ᵗ "
+                       "(t = 1 at the first step) before using them")
+_SGD_HINTS = _step_hints(
+    (_sgd_variant(ema=True), "momentum as an average μb + (1 − μ)g: torch's SGD keeps b = μb + g (no 1 − μ), starting from b = g"),
+    (_sgd_variant(nesterov=False), "with nesterov=True the step is g + μb (look ahead along the velocity), not b"),
+    (_sgd_variant(decay=False), "weight_decay is missing: add λ·w to the gradient, before the momentum"))
+_ADAM_HINTS = _step_hints(
+    (_adam_variant(False, bias_correction=False), _NO_BIAS_CORRECTION),
+    (_adam_variant(False, eps_inside=True), "eps goes outside the square root: m̂ / (√v̂ + ε)"),
+    (_adam_variant(True), "that is AdamW's decoupled decay; Adam adds λ·w to the gradient (L2), before m and v"))
+_ADAMW_HINTS = _step_hints(
+    (_adam_variant(False), "coupled weight decay: you added λ·w to the gradient (that is Adam + L2); AdamW decays "
+                           "the weight itself, w ← w(1 − ηλ), and leaves the gradient alone"),
+    (_adam_variant(True, bias_correction=False), _NO_BIAS_CORRECTION),
+    (_adam_variant(True, decay_after=True), "decay the old weight, before the Adam update (as torch does), not the updated one"),
+    (_adam_variant(True, eps_inside=True), "eps goes outside the square root: m̂ / (√v̂ + ε)"))
+
 def check_sgd_step(fn: Callable, # fn(param, grad, state: dict, hp: dict(lr, momentum, weight_decay, nesterov)) -> new param
                    trials: int = 20, **kwargs) -> CheckReport:
     "Check a learner's SGD step (momentum, Nesterov, L2 weight decay) against `torch.optim.SGD` over several steps."
-    return _check_steps('sgd_step', fn, lambda ps, hp: torch.optim.SGD(ps, **hp), _sgd_hp, trials, **kwargs)
+    return _check_steps('sgd_step', fn, lambda ps, hp: torch.optim.SGD(ps, **hp), _sgd_hp, trials, hints=_SGD_HINTS, **kwargs)
 
 def _adam_hp(u):
     return dict(lr=1e-3 + 0.05 * u(), beta1=[0.9, 0.5, 0.0][int(u() * 3)], beta2=[0.999, 0.95][int(u() * 2)],
@@ -590,12 +685,12 @@ def _torch_adam(cls):
 def check_adam_step(fn: Callable, # fn(param, grad, state, hp: dict(lr, beta1, beta2, eps, weight_decay)) -> new param
                     trials: int = 20, **kwargs) -> CheckReport:
     "Check a learner's Adam step (bias correction, L2 weight decay added to the gradient) against `torch.optim.Adam`."
-    return _check_steps('adam_step', fn, _torch_adam(torch.optim.Adam), _adam_hp, trials, **kwargs)
+    return _check_steps('adam_step', fn, _torch_adam(torch.optim.Adam), _adam_hp, trials, hints=_ADAM_HINTS, **kwargs)
 
 def check_adamw_step(fn: Callable, # fn(param, grad, state, hp: dict(lr, beta1, beta2, eps, weight_decay)) -> new param
                      trials: int = 20, **kwargs) -> CheckReport:
     "Check a learner's AdamW step (decoupled weight decay) against `torch.optim.AdamW`."
-    return _check_steps('adamw_step', fn, _torch_adam(torch.optim.AdamW), _adam_hp, trials, **kwargs)
+    return _check_steps('adamw_step', fn, _torch_adam(torch.optim.AdamW), _adam_hp, trials, hints=_ADAMW_HINTS, **kwargs)
 
 # %% ../nbs/1_foundations/03_training.ipynb #1eeeee85
 def _schedule_inputs(g: torch.Generator):
@@ -609,8 +704,24 @@ def _all_steps(fn: Callable, max_lr, warmup, total, min_lr) -> torch.Tensor:
     "fn's learning rate at every step from 0 to total + 10, as a float64 tensor."
     return torch.tensor([float(fn(s, max_lr, warmup, total, min_lr)) for s in range(total + 11)], dtype=torch.float64)
 
+def _cosine(s, max_lr, w, total, min_lr, plus_one=True, floor=True, clamp=True):
+    "Warmup + cosine with one of the usual mistakes switched off (for the checker's hints)."
+    if s < w: return max_lr * (s + plus_one) / w
+    p = (s - w) / max(1, total - w)
+    p = min(p, 1.0) if clamp else p
+    lo = min_lr if floor else 0.0
+    return lo + 0.5 * (max_lr - lo) * (1 + math.cos(math.pi * p))
+
+_SCHEDULE_HINTS = [(_like(lambda *a, f=f: _all_steps(f, *a), 1e-12, 1e-9), text) for f, text in [
+    (lambda *a: _cosine(*a, plus_one=False), "warmup off by one: step s (counting from 0) uses max_lr·(s + 1)/warmup_steps, "
+                                             "so the first step already moves and the last warmup step reaches max_lr"),
+    (lambda *a: _cosine(*a, floor=False), "the cosine should end at min_lr, not 0: min_lr + ½(max_lr − min_lr)(1 + cos πp)"),
+    (lambda *a: _cosine(*a, clamp=False), "after total_steps the rate stays at min_lr (clamp the progress p at 1)"),
+    (lambda s, m, w, t, lo: _cosine(s, m, 0, t, lo), "no warmup: the first warmup_steps steps ramp up linearly"),
+]]
+
 def check_schedule(fn: Callable, # fn(step, max_lr, warmup_steps, total_steps, min_lr) -> learning rate
                    trials: int = 20, **kwargs) -> CheckReport:
     "Check a learner's warmup + cosine schedule against `lr_warmup_cosine` at every step of random schedules."
     return check_function('warmup_cosine', lambda *a: _all_steps(fn, *a), lambda *a: _all_steps(lr_warmup_cosine, *a),
-                          _schedule_inputs, trials=trials, **{'atol': 1e-12, 'rtol': 1e-9, **kwargs})
+                          _schedule_inputs, trials=trials, **{'atol': 1e-12, 'rtol': 1e-9, 'hints': _SCHEDULE_HINTS, **kwargs})
