@@ -268,6 +268,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'cost':     ('llm_lab.cost:cost_cli', 'FLOPs, memory, time, dollars and energy of a training run'),
     'gpus':     ('llm_lab.cost:gpus_cli', 'list the hardware catalog'),
     'models':   ('llm_lab.cost:models_cli', 'list the model catalog'),
+    'check':    ('llm_lab.grading:check_cli', 'grade an assignment: llm-lab check PACK STUDENT_FILE (--list shows the packs)'),
 }
 
 def _resolve(target: str) -> Callable:
