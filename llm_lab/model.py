@@ -4,7 +4,7 @@
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #5ca263b6
 from __future__ import annotations
-import json, math, os
+import copy, json, math, os, random
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
@@ -12,14 +12,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_function, CheckReport, subplots
+from .core import check_function, CheckReport, CheckFailed, not_attempted, subplots
 from .attention import Attention, causal_mask, repeat_kv, padding_mask, merge_heads
 
 # %% auto #0
-__all__ = ['GPTConfig', 'RMSNorm', 'make_norm', 'MLP', 'SwiGLU', 'sinusoidal_positions', 'rotate_half', 'apply_rotary',
-           'RotaryEmbedding', 'KVCache', 'MultiHeadAttention', 'Block', 'GPT', 'check_state_dict', 'top_k_filter',
-           'top_p_filter', 'sample_next', 'gpt2_config_from_hf', 'gpt2_state_dict_from_hf', 'flops_per_token',
-           'EncoderLayer', 'DecoderLayer', 'Seq2SeqTransformer', 'check_rmsnorm', 'check_rope', 'check_top_p']
+__all__ = ['GPTConfig', 'RMSNorm', 'make_norm', 'make_mlp', 'MLP', 'SwiGLU', 'sinusoidal_positions', 'rotate_half',
+           'apply_rotary', 'RotaryEmbedding', 'KVCache', 'MultiHeadAttention', 'Block', 'GPT', 'check_token_ids',
+           'check_state_dict', 'top_k_filter', 'top_p_filter', 'sample_next', 'gpt2_config_from_hf',
+           'gpt2_state_dict_from_hf', 'forward_flops_per_token', 'EncoderLayer', 'DecoderLayer', 'Seq2SeqTransformer',
+           'check_block', 'check_decode_step', 'check_rmsnorm', 'check_rope', 'check_top_p']
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #082f5674
 _NORMS, _MLPS, _POS, _IMPLS = ('layernorm', 'rmsnorm'), ('gelu', 'swiglu'), ('learned', 'rope', 'sinusoidal', 'none'), ('manual', 'sdpa', 'triton')
@@ -60,6 +61,10 @@ class GPTConfig:
             self.d_ff = 4 * self.d_model if self.mlp == 'gelu' else -(-int(8 * self.d_model / 3) // 32) * 32
         if not isinstance(self.d_ff, int) or self.d_ff <= 0: raise ValueError(f"d_ff must be a positive int or None, got {self.d_ff!r}")
         if not 0.0 <= self.dropout < 1.0: raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps >= 0:
+            raise ValueError(f"norm_eps must be a number >= 0 (it is added under the square root of the norms), got {self.norm_eps!r}")
+        if not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 0:
+            raise ValueError(f"rope_theta must be a number > 0 (the base of RoPE's geometric frequencies), got {self.rope_theta!r}")
 
     @property
     def d_head(self) -> int: return self.d_model // self.n_head
@@ -97,13 +102,17 @@ class RMSNorm(nn.Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: # (..., dim)
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))    # fp16/bf16 -> fp32; fp32 and fp64 stay
+        return ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight).to(x.dtype)
 
 def make_norm(config: GPTConfig) -> nn.Module:
     "The normalisation layer `config.norm` asks for: torch's LayerNorm or our RMSNorm."
     if config.norm == 'layernorm': return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
     return RMSNorm(config.d_model, eps=config.norm_eps)
+
+def make_mlp(config: GPTConfig) -> nn.Module:
+    "The MLP `config.mlp` asks for: GPT-2's GELU `MLP` or Llama's `SwiGLU` (defined just below)."
+    return MLP(config) if config.mlp == 'gelu' else SwiGLU(config)
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #b89776d3
 class MLP(nn.Module):
@@ -151,31 +160,47 @@ def apply_rotary(x: torch.Tensor, # (..., T, D) queries or keys
                  cos: torch.Tensor, sin: torch.Tensor, # (T, D) tables for the positions of x
                 ) -> torch.Tensor:
     "Rotate channel pairs (i, i + D/2) of x by the angles whose cos and sin are given: x·cos + rotate_half(x)·sin."
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))    # fp16/bf16 -> fp32; fp32 and fp64 stay
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #605e78e2
 class RotaryEmbedding(nn.Module):
-    "RoPE tables for `max_len` positions; `forward(x, offset)` rotates (B, H, T, D) queries or keys at positions offset..offset+T-1."
+    "RoPE for (B, H, T, D) queries or keys: at positions offset..offset+T-1, or at explicit `token_positions`."
     def __init__(self, d_head: int, # head size D (even)
                  max_len: int, # positions to precompute (the context length)
                  theta: float = 10000.0, # base of the geometric frequencies
                 ):
         super().__init__()
         if d_head % 2: raise ValueError(f"RoPE needs an even head size, got {d_head}")
-        inv_freq = theta ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)  # (D/2,)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)       # (max_len, D/2)
-        angles = torch.cat((angles, angles), dim=-1)                                      # (max_len, D)
+        if not theta > 0: raise ValueError(f"theta must be > 0, got {theta}")
+        self.d_head, self.theta = d_head, theta
+        cos, sin = self.tables(torch.arange(max_len), torch.float32)                      # (max_len, D) each
         # buffers, not parameters, and not saved in the state dict: they are recomputed from the config
-        self.register_buffer('cos', angles.cos(), persistent=False)
-        self.register_buffer('sin', angles.sin(), persistent=False)
+        self.register_buffer('cos', cos, persistent=False)
+        self.register_buffer('sin', sin, persistent=False)
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32):
+        "cos and sin of the angles position·θ_i for any integer positions (...,): (..., D) each, computed in `dtype`."
+        inv_freq = self.theta ** (-torch.arange(0, self.d_head, 2, dtype=dtype, device=positions.device) / self.d_head)  # (D/2,)
+        angles = positions.to(dtype)[..., None] * inv_freq                                # (..., D/2)
+        angles = torch.cat((angles, angles), dim=-1)                                      # (..., D)
+        return angles.cos(), angles.sin()
 
     def forward(self, x: torch.Tensor, # (B, H, T, D)
                 offset: int = 0, # position of the first token of x
+                token_positions: torch.Tensor | None = None, # (T,) or (B, T) positions of each token; overrides offset
                ) -> torch.Tensor:
         T = x.shape[-2]
-        if offset + T > self.cos.shape[0]:
-            raise ValueError(f"positions up to {offset + T} exceed the {self.cos.shape[0]} precomputed RoPE positions")
-        return apply_rotary(x, self.cos[offset:offset + T].float(), self.sin[offset:offset + T].float())
+        if token_positions is None:
+            if offset + T > self.cos.shape[0]:
+                raise ValueError(f"positions up to {offset + T} exceed the {self.cos.shape[0]} precomputed RoPE positions")
+            if x.dtype != torch.float64: return apply_rotary(x, self.cos[offset:offset + T], self.sin[offset:offset + T])
+            token_positions = torch.arange(offset, offset + T, device=x.device)           # float64: angles in float64 too
+        if token_positions.shape[-1] != T or token_positions.ndim not in (1, 2):
+            raise ValueError(f"token_positions must have shape (T,) or (B, T) with T={T}, got {tuple(token_positions.shape)}")
+        cos, sin = self.tables(token_positions, torch.promote_types(x.dtype, torch.float32))  # (T, D) or (B, T, D)
+        if cos.ndim == 3: cos, sin = cos[:, None], sin[:, None]                           # (B, 1, T, D): every head alike
+        return apply_rotary(x, cos, sin)
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #d6b1c62b
 class KVCache:
@@ -190,6 +215,9 @@ class KVCache:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         "Store the new keys/values after the `pos` cached ones; return all of them, (B, Hkv, pos+T, D) each."
         B, H, T, D = k.shape
+        if B != self.batch_size:
+            raise ValueError(f"this KVCache holds a batch of {self.batch_size} sequences, got keys for {B}: "
+                             f"build one cache per batch, KVCache(config, batch_size={B})")
         end = self.pos + T
         if end > self.config.context_len:
             raise ValueError(f"the KV cache holds {self.config.context_len} tokens (context_len); {self.pos} are stored and {T} more do not fit")
@@ -226,11 +254,12 @@ class MultiHeadAttention(Attention):
 
     def forward(self, x: torch.Tensor, # (B, T, d_model)
                 kv_cache: KVCache | None = None, # past keys/values; the new ones are appended
+                token_positions: torch.Tensor | None = None, # (T,) or (B, T) RoPE positions (default: pos, pos+1, ...)
                ) -> torch.Tensor:
         T = x.shape[1]
         q, k, v = self.qkv(x)                                    # (B, H, T, D), (B, Hkv, T, D) ×2
         pos = kv_cache.pos if kv_cache is not None else 0        # position of the first new token
-        if self.rotary is not None: q, k = self.rotary(q, pos), self.rotary(k, pos)
+        if self.rotary is not None: q, k = self.rotary(q, pos, token_positions), self.rotary(k, pos, token_positions)
         if kv_cache is not None: k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D), S = pos + T
         if pos == 0: mask, is_causal = None, True                # square: plain causal
         elif T == 1: mask, is_causal = None, False               # one new token sees everything cached
@@ -241,25 +270,57 @@ class MultiHeadAttention(Attention):
         else: y = self.attend(q, k, v, mask, is_causal)           # (B, H, T, D); triton with a mask falls back to sdpa
         return F.dropout(self.o_proj(merge_heads(y)), self.dropout, self.training)  # (B, T, d_model)
 
+# %% ../nbs/2_transformers/06_transformer.ipynb #56195d43
+_PART_CONTRACTS = {'attention': 'attention(config, layer_idx), forward(x, kv_cache=None, token_positions=None)',
+                   'mlp': 'mlp(config), forward(x)', 'norm': 'norm(config), forward(x)',
+                   'block': 'block(config, layer_idx), forward(x, kv_cache=None, token_positions=None)'}
+
+def _build(part: str, factory, config: GPTConfig, *args) -> nn.Module:
+    "Build one part of a block; a part you bring (factory not None) is checked on a small input first."
+    if factory is None:
+        return {'attention': MultiHeadAttention, 'mlp': make_mlp, 'norm': make_norm, 'block': Block}[part](config, *args)
+    contract = _PART_CONTRACTS[part]
+    try: module = factory(config, *args)
+    except TypeError as e: raise TypeError(f"the {part} factory is called as {contract.split(', forward')[0]}: {e}") from e
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"the {part} factory must return an nn.Module ({contract}), got {type(module).__name__}")
+    p = next(module.parameters(), None)
+    x = torch.randn(1, 3, config.d_model, device=p.device if p is not None else None, dtype=p.dtype if p is not None and p.is_floating_point() else None)
+    was_training = module.training
+    try:
+        with torch.no_grad(): y = module.eval()(x, None, None) if part in ('attention', 'block') else module.eval()(x)
+    except Exception as e:
+        raise TypeError(f"your {part} failed on a test input of shape {tuple(x.shape)}; the contract is {contract}: "
+                        f"{type(e).__name__}: {e}") from e
+    finally: module.train(was_training)
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"your {part} maps an input of shape {tuple(x.shape)} to {got}: it must return one tensor of the input's shape (B, T, d_model)")
+    return module
+
 # %% ../nbs/2_transformers/06_transformer.ipynb #edaf3643
 class Block(nn.Module):
-    "A pre-norm decoder block: x + attn(norm_1(x)), then x + mlp(norm_2(x))."
-    def __init__(self, config: GPTConfig, layer_idx: int = 0):
+    "A pre-norm decoder block: x + attn(norm_1(x)), then x + mlp(norm_2(x)); any part can be your own (see below)."
+    def __init__(self, config: GPTConfig, layer_idx: int = 0,
+                 attention=None, mlp=None, norm=None, # your factories (None: MultiHeadAttention, make_mlp, make_norm)
+                ):
         super().__init__()
-        self.norm_1 = make_norm(config)
-        self.attn = MultiHeadAttention(config, layer_idx)
-        self.norm_2 = make_norm(config)
-        self.mlp = MLP(config) if config.mlp == 'gelu' else SwiGLU(config)
+        self.norm_1 = _build('norm', norm, config)
+        self.attn = _build('attention', attention, config, layer_idx)
+        self.norm_2 = _build('norm', norm, config)
+        self.mlp = _build('mlp', mlp, config)
 
     def forward(self, x: torch.Tensor, # (B, T, d_model)
-                kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm_1(x), kv_cache)
+                kv_cache: KVCache | None = None, token_positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm_1(x), kv_cache, token_positions)   # the residual stream keeps x; attention adds to it
         return x + self.mlp(self.norm_2(x))
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #84efb38b
 class GPT(nn.Module):
     "A decoder-only Transformer language model; `GPTConfig` chooses GPT-2-style or Llama-style blocks."
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig,
+                 *, attention=None, mlp=None, norm=None, block=None, # your own parts: see "Bring your own part"
+                ):
         super().__init__()
         if not isinstance(config, GPTConfig): raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
         self.config = config
@@ -268,13 +329,17 @@ class GPT(nn.Module):
         if config.pos == 'sinusoidal':
             self.register_buffer('pos_table', sinusoidal_positions(config.context_len, config.d_model), persistent=False)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm_f = make_norm(config)
+        if block is not None and (attention is not None or mlp is not None):
+            raise ValueError("block= replaces the whole block: give either block=, or attention=/mlp= (norm= also builds the final norm)")
+        self.blocks = nn.ModuleList(_build('block', block, config, i) if block is not None else Block(config, i, attention, mlp, norm)
+                                    for i in range(config.n_layer))
+        self.norm_f = _build('norm', norm, config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings: self.lm_head.weight = self.tok_emb.weight  # one tensor, two uses
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith(('o_proj.weight', 'down_proj.weight')): nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * config.n_layer))
+        if config.pos == 'sinusoidal': nn.init.normal_(self.tok_emb.weight, 0.0, config.d_model ** -0.5)  # × √d in hidden(): unit scale
 
     def _init_weights(self, m: nn.Module):
         if isinstance(m, nn.Linear):
@@ -291,7 +356,23 @@ class GPT(nn.Module):
         return n
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #839e4d97
-def _check_idx(self: GPT, idx, pos: int = 0):
+_is_compiling = getattr(torch.compiler, 'is_compiling', lambda: False)  # True while torch.compile traces
+
+def check_token_ids(ids: torch.Tensor, # integer ids, any shape
+                    vocab_size: int, # valid ids are 0..vocab_size-1
+                    what: str = 'token id', # how the error names them
+                    ignore_index: int | None = None, # a value that is allowed as well (e.g. -100 in targets)
+                    force: bool = False, # check even on an accelerator
+                    hint: str = '', # appended to the error
+                   ):
+    "Raise a ValueError naming the first id outside [0, vocab_size); without a device sync: CPU, LLM_LAB_DEBUG=1 or force only."
+    if _is_compiling(): return
+    if not (force or ids.device.type == 'cpu' or os.environ.get('LLM_LAB_DEBUG') == '1'): return
+    bad = (ids < 0) | (ids >= vocab_size)
+    if ignore_index is not None: bad &= ids != ignore_index
+    if bad.any(): raise ValueError(f"{what} {int(ids[bad][0])} is outside the model's vocabulary [0, {vocab_size}){hint}")
+
+def _check_idx(self: GPT, idx, pos: int = 0, force: bool = False):
     "Validate a batch of token ids (B, T) against the config; `pos` tokens are already cached."
     if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
         raise ValueError(f"idx must be an integer tensor of token ids with shape (B, T), got "
@@ -301,37 +382,54 @@ def _check_idx(self: GPT, idx, pos: int = 0):
     if pos + T > ctx:
         raise ValueError(f"sequence of {T} tokens{f' after {pos} cached' if pos else ''} is longer than the model's "
                          f"context_len={ctx}; crop it, e.g. idx[:, -{ctx}:]")
-    lo, hi = int(idx.min()), int(idx.max())
-    if lo < 0 or hi >= V:
-        raise ValueError(f"token id {hi if hi >= V else lo} is outside the model's vocabulary [0, {V}): the tokenizer and the "
-                         f"model disagree on the vocabulary (tokenizer vocab size must be <= config.vocab_size={V})")
+    check_token_ids(idx, V, force=force, hint=f": the tokenizer and the model disagree on the vocabulary (tokenizer vocab size "
+                                              f"must be <= config.vocab_size={V})")
+
+def _check_positions(self: GPT, token_positions, idx):
+    "token_positions must be integer (T,) or (B, T) positions below context_len."
+    B, T = idx.shape
+    if (not isinstance(token_positions, torch.Tensor) or token_positions.dtype.is_floating_point or token_positions.ndim not in (1, 2)
+            or token_positions.shape[-1] != T or (token_positions.ndim == 2 and token_positions.shape[0] not in (1, B))):
+        raise ValueError(f"token_positions must be an integer tensor of shape (T,) or (B, T) = ({B}, {T}), got "
+                         f"{token_positions.dtype if isinstance(token_positions, torch.Tensor) else type(token_positions).__name__} "
+                         f"{tuple(getattr(token_positions, 'shape', ()))}")
+    check_token_ids(token_positions, self.config.context_len, what='position')
 
 def _hidden(self: GPT, idx: torch.Tensor, # (B, T) token ids
-            kv_cache: KVCache | None = None) -> torch.Tensor:
+            kv_cache: KVCache | None = None,
+            token_positions: torch.Tensor | None = None, # (T,) or (B, T) position of each token (packed sequences); default pos, pos+1, ...
+           ) -> torch.Tensor:
     "The final normalised hidden states (B, T, d_model), before the head."
     pos = kv_cache.pos if kv_cache is not None else 0
     self._check_idx(idx, pos)
     T = idx.shape[1]
+    if token_positions is not None: self._check_positions(token_positions, idx)
+    positions = torch.arange(pos, pos + T, device=idx.device) if token_positions is None else token_positions
     x = self.tok_emb(idx)                                                   # (B, T, d)
-    if self.pos_emb is not None: x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device))
-    elif self.config.pos == 'sinusoidal': x = x + self.pos_table[pos:pos + T].to(x.dtype)
+    if self.pos_emb is not None: x = x + self.pos_emb(positions)
+    elif self.config.pos == 'sinusoidal': x = x * math.sqrt(self.config.d_model) + self.pos_table[positions].to(x.dtype)
     x = self.drop(x)
-    for block in self.blocks: x = block(x, kv_cache)                        # (B, T, d)
+    for block in self.blocks: x = block(x, kv_cache, token_positions)       # (B, T, d)
     if kv_cache is not None: kv_cache.advance(T)
     return self.norm_f(x)
 
 def _forward(self: GPT, idx: torch.Tensor, # (B, T) token ids
              targets: torch.Tensor | None = None, # (B, T) next-token ids; -100 = ignore
              kv_cache: KVCache | None = None, # past keys/values (generation); updated in place
+             token_positions: torch.Tensor | None = None, # (T,) or (B, T) explicit positions (packed sequences)
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     "Logits (B, T, vocab_size) and, with targets, the mean cross-entropy (ignore_index=-100)."
-    logits = self.lm_head(self.hidden(idx, kv_cache))                       # (B, T, V)
+    logits = self.lm_head(self.hidden(idx, kv_cache, token_positions))      # (B, T, V)
     if targets is None: return logits, None
-    if targets.shape != idx.shape: raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+    if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(getattr(targets, 'shape', ()))}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer token ids (-100 = ignore), got dtype {targets.dtype}: pass ids, not probabilities")
+    check_token_ids(targets, self.config.vocab_size, what='target id', ignore_index=-100, hint=' (and is not the ignore index -100)')
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
     return logits, loss
 
-GPT._check_idx, GPT.hidden, GPT.forward = _check_idx, _hidden, _forward
+GPT._check_idx, GPT._check_positions, GPT.hidden, GPT.forward = _check_idx, _check_positions, _hidden, _forward
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #e0a89427
 def check_state_dict(module: nn.Module, # the module that will receive the weights
@@ -396,19 +494,21 @@ def sample_next(logits: torch.Tensor, # (B, V) logits of the next token
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #b74a0e1b
 @torch.no_grad()
-def _generate(self: GPT, idx: torch.Tensor, # (B, T) prompt token ids
+def _generate(self: GPT, idx: torch.Tensor, # (B, T) prompt token ids, or (T,) for one prompt (then the result is (T + n,))
               max_new_tokens: int, # how many tokens to append
               temperature: float = 1.0, # 0 = greedy
               top_k: int | None = None, top_p: float | None = None,
               use_cache: bool = True, # reuse past keys/values (same tokens, faster)
               generator: torch.Generator | None = None, # for reproducible sampling (on the model's device)
              ) -> torch.Tensor:
-    "Append `max_new_tokens` sampled tokens to each row of idx: (B, T + max_new_tokens)."
+    "Append `max_new_tokens` sampled tokens to each row of idx: (B, T + max_new_tokens); a 1-D prompt gives a 1-D result."
+    if isinstance(idx, torch.Tensor) and idx.ndim == 1:
+        return self.generate(idx[None], max_new_tokens, temperature, top_k, top_p, use_cache, generator)[0]
     was_training = self.training
     self.eval()
     try:
         ctx = self.config.context_len
-        self._check_idx(idx[:, -ctx:])
+        self._check_idx(idx[:, -ctx:], force=True)  # once per call, on any device: a wrong id gets a sentence
         cache = KVCache(self.config, idx.shape[0]) if use_cache else None
         h = self.hidden(idx[:, -ctx:], cache)[:, -1]                        # (B, d) prefill
         for i in range(max_new_tokens):
@@ -504,7 +604,7 @@ def _save_pretrained(self: GPT, path: str | os.PathLike) -> Path:
 GPT.from_pretrained, GPT.save_pretrained = _from_pretrained, _save_pretrained
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #84adb659
-def flops_per_token(config: GPTConfig, # the model
+def forward_flops_per_token(config: GPTConfig, # the model
                     seq_len: int | None = None, # tokens attended to (default context_len)
                     breakdown: bool = False, # return a dict per component instead of the total
                    ) -> int | dict:
@@ -607,6 +707,156 @@ class Seq2SeqTransformer(nn.Module):
 
 # %% ../nbs/2_transformers/06_transformer.ipynb #b92d17db
 def _ri(g, lo, hi): return int(torch.randint(lo, hi + 1, (1,), generator=g))
+def _gen(seed): return torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
+
+def _close(got, want, atol: float, rtol: float) -> str | None:
+    "None when the tensor `got` matches `want`, else where they first differ."
+    if not isinstance(got, torch.Tensor): return f"expected a tensor of shape {tuple(want.shape)}, got {type(got).__name__}"
+    if got.shape != want.shape: return f"shape {tuple(got.shape)} but expected {tuple(want.shape)}"
+    bad = ~torch.isclose(got.detach().double(), want.detach().double(), atol=atol, rtol=rtol)
+    if not bad.any(): return None
+    i = tuple(int(v) for v in bad.nonzero()[0])
+    return f"{int(bad.sum())} of {bad.numel()} values differ; first at index {i}: got {got[i].item():.6g}, expected {want[i].item():.6g}"
+
+def _same(got, other) -> bool: return _close(got, other, 1e-4, 1e-4) is None
+
+def _fail(report: CheckReport, msg: str, hint: str | None, raise_on_fail: bool) -> CheckReport:
+    report.failure = msg + (f"\n   hint: {hint}" if hint else '')
+    if raise_on_fail: raise CheckFailed(str(report))
+    return report
+
+def _tiny_config(g, style: str) -> GPTConfig:
+    "A small random GPT-2-style or Llama-style (grouped-query) config."
+    h = _ri(g, 1, 3)
+    return getattr(GPTConfig, style)(vocab_size=_ri(g, 20, 60), context_len=24, n_layer=_ri(g, 1, 2), n_head=2 * h, d_model=16 * h,
+                                     **({'n_kv_head': h} if style == 'llama' else {}))
+
+def _randomize(module: nn.Module, g):
+    "Random values for every parameter, norms and biases included, so a skipped one changes the output."
+    with torch.no_grad():
+        for p in module.parameters(): p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.ndim == 1 else 0.0))
+
+# %% ../nbs/2_transformers/06_transformer.ipynb #ce33d064
+_BLOCK_PARTS = ("self.norm_1 = make_norm(config), self.attn = MultiHeadAttention(config, layer_idx), "
+                "self.norm_2 = make_norm(config), self.mlp = make_mlp(config)")
+
+def _block_mistakes(ref: Block, x: torch.Tensor) -> list:
+    "(output, hint) of the usual wrong wirings of ref's parts."
+    n1, attn, n2, mlp = ref.norm_1, ref.attn, ref.norm_2, ref.mlp
+    h, post = x + attn(n1(x)), n1(x + attn(x))
+    return [(n2(post + mlp(post)), "that is post-norm, norm(x + sublayer(x)); pre-norm normalises each sub-layer's input: x + attn(norm_1(x))"),
+            (attn(n1(x)) + mlp(n2(attn(n1(x)))), "the attention residual is missing: add attn(norm_1(x)) to x instead of replacing x"),
+            (mlp(n2(h)), "the MLP residual is missing: return h + mlp(norm_2(h)) with h = x + attn(norm_1(x))"),
+            (h + mlp(n1(h)), "the MLP's input goes through norm_1: each sub-layer has its own norm, use norm_2"),
+            (h + mlp(n2(x)), "the MLP reads the block's input x; it must read the stream after attention, h = x + attn(norm_1(x))")]
+
+def check_block(block_cls, # your class: block_cls(config, layer_idx), parts norm_1, attn, norm_2, mlp; forward(x, kv_cache=None, token_positions=None)
+                trials: int = 6, seed: int | None = None, raise_on_fail: bool = True) -> CheckReport:
+    "Check a learner's pre-norm block against `Block`: the same weights, random inputs, then a token through a KV cache."
+    name, g = 'transformer block', _gen(seed)
+    report = CheckReport(name, trials)
+    for t in range(trials):
+        style = ('gpt2', 'llama')[t % 2]
+        c = _tiny_config(g, style)
+        ref = Block(c, 0); _randomize(ref, g); ref.eval()
+        try: mine = block_cls(c, 0)
+        except NotImplementedError: return not_attempted(name)
+        except Exception as e: return _fail(report, f"trial {t + 1}: block_cls(config, 0) raised {type(e).__name__}: {e}", None, raise_on_fail)
+        try: mine.load_state_dict(ref.state_dict()); mine.eval()
+        except Exception as e:
+            return _fail(report, f"trial {t + 1}: Block's weights do not load into your block ({type(e).__name__}: {str(e)[:300]})",
+                         f"build the parts under Block's names: {_BLOCK_PARTS}", raise_on_fail)
+        B, T = _ri(g, 1, 3), _ri(g, 2, 9)
+        x = torch.randn(B, T, c.d_model, generator=g)
+        where = f"trial {t + 1} ({style}-style block, x of shape {tuple(x.shape)})"
+        with torch.no_grad():
+            want = ref(x)
+            try: got = mine(x)
+            except NotImplementedError: return not_attempted(name)
+            except Exception as e: return _fail(report, f"{where}: your forward raised {type(e).__name__}: {e}", None, raise_on_fail)
+            if (msg := _close(got, want, 1e-4, 1e-4)) is not None:
+                return _fail(report, f"{where}: {msg}", next((h for out, h in _block_mistakes(ref, x) if _same(got, out)), None), raise_on_fail)
+            outs = []                                     # the prefix through a cache, then the last token alone
+            for blk in (ref, mine):
+                cache = KVCache(c, B)
+                try: blk(x[:, :-1], cache); cache.advance(T - 1); outs.append(blk(x[:, -1:], cache))
+                except Exception as e: return _fail(report, f"{where}, with a KV cache: your forward raised {type(e).__name__}: {e}", None, raise_on_fail)
+            if (msg := _close(outs[1], outs[0], 1e-4, 1e-4)) is not None:
+                hint = ("the cache is ignored: pass it on, self.attn(self.norm_1(x), kv_cache, token_positions)"
+                        if _same(outs[1], ref(x[:, -1:])) else None)
+                return _fail(report, f"{where}, last token through a KV cache: {msg}", hint, raise_on_fail)
+        report.passed += 1
+    return report
+
+# %% ../nbs/2_transformers/06_transformer.ipynb #2246a098
+def _step_mistake(model: GPT, token, cache: KVCache, advance_first=False, position_zero=False, use_cache=True, final_norm=True):
+    "The logits of a decode step written with one usual mistake (on a copy of the cache)."
+    cache = copy.deepcopy(cache)
+    if advance_first: cache.advance(1)
+    x = model.tok_emb(token)
+    if model.pos_emb is not None: x = x + model.pos_emb(torch.tensor([0 if position_zero else cache.pos]))
+    for block in model.blocks: x = block(x, cache if use_cache else None)
+    return model.lm_head(model.norm_f(x) if final_norm else x)[:, -1]
+
+_STEP_HINTS = [(dict(advance_first=True), "advance the cache after the blocks, not before: advancing first stores the token's keys one slot late "
+                                          "and gives it the wrong position (RoPE offset, position embedding)"),
+               (dict(position_zero=True), "the new token sits at position cache.pos, not 0: add model.pos_emb at that position"),
+               (dict(use_cache=False), "pass the cache to every block, block(x, cache): without it the new token sees only itself"),
+               (dict(final_norm=False), "apply model.norm_f before model.lm_head")]
+
+def _refuse(*args, **kwargs):
+    raise RuntimeError("write the step from the model's parts (tok_emb, pos_emb, blocks, norm_f, lm_head) instead of calling the model")
+
+def check_decode_step(fn, # your fn(model, token (B, 1), cache) -> next-token logits (B, vocab_size)
+                      trials: int = 4, steps: int = 3, seed: int | None = None, raise_on_fail: bool = True) -> CheckReport:
+    "Check a learner's KV-cache decode step: after a prefill, `steps` tokens one at a time must give the full forward's logits."
+    name, g = 'KV-cache decode step', _gen(seed)
+    report = CheckReport(name, trials)
+    for t in range(trials):
+        style = ('gpt2', 'llama')[t % 2]
+        c = _tiny_config(g, style)
+        torch.manual_seed(_ri(g, 0, 2**30))
+        model = GPT(c).eval()
+        B, P = _ri(g, 1, 3), _ri(g, 1, 8)
+        seq = torch.randint(0, c.vocab_size, (B, P + steps), generator=g)
+        with torch.no_grad():
+            want_all = model(seq)[0]                                   # (B, P + steps, V)
+            cache = KVCache(c, B); model.hidden(seq[:, :P], cache)     # the prefill, done for you
+        for name_ in ('forward', 'hidden', 'generate'): setattr(model, name_, _refuse)
+        for s in range(steps):
+            token, want, before = seq[:, P + s:P + s + 1], want_all[:, P + s], copy.deepcopy(cache)
+            where = f"trial {t + 1} ({style}-style model, prompt of {P} tokens), step {s + 1}: token at position {P + s}"
+            with torch.no_grad():
+                try: got = fn(model, token, cache)
+                except NotImplementedError: return not_attempted(name)
+                except Exception as e: return _fail(report, f"{where}: your function raised {type(e).__name__}: {e}", None, raise_on_fail)
+                if isinstance(got, torch.Tensor) and got.shape == (B, 1, c.vocab_size): got = got[:, 0]    # (B, 1, V) is fine too
+                if (msg := _close(got, want, 1e-4, 1e-4)) is not None:
+                    hint = next((h for kw, h in _STEP_HINTS if (kw != dict(position_zero=True) or model.pos_emb is not None)
+                                 and _same(got, _step_mistake(model, token, before, **kw))), None)
+                    return _fail(report, f"{where}: {msg}", hint, raise_on_fail)
+            if cache.pos != P + s + 1:
+                return _fail(report, f"{where}: cache.pos is {cache.pos} after the step, expected {P + s + 1}",
+                             "call cache.advance(1) once per step, after the last block (blocks store keys at cache.pos; the model moves it on)",
+                             raise_on_fail)
+        report.passed += 1
+    return report
+
+# %% ../nbs/2_transformers/06_transformer.ipynb #3c83a6cd
+def _rope_interleaved(x, offset):
+    "RoPE on neighbouring pairs (2i, 2i+1), the original paper's layout: a permutation of ours."
+    D, T = x.shape[-1], x.shape[-2]
+    ang = torch.arange(offset, offset + T)[:, None] * 10000 ** (-torch.arange(0, D, 2) / D)
+    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], D // 2, 2).contiguous()) * torch.polar(torch.ones_like(ang), ang)
+    return torch.view_as_real(z).flatten(-2)
+
+def _rope_ref(x, offset, sign=1.0, start=None, freq_scale=2):
+    "Our RoPE (rotate-half, theta 10000), or a usual mistake: the wrong direction, positions from 0, exponents i/D."
+    D, T = x.shape[-1], x.shape[-2]
+    pos = torch.arange(offset if start is None else start, (offset if start is None else start) + T)
+    ang = pos[:, None] * 10000.0 ** (-torch.arange(0, D, 2) * freq_scale / 2 / D)
+    ang = torch.cat([ang, ang], -1)
+    return apply_rotary(x, ang.cos(), sign * ang.sin())
 
 def check_rmsnorm(fn, # your fn(x, weight, eps) -> normalised x
                   trials: int = 10, **kwargs, # passed to check_function (seed, raise_on_fail)
@@ -619,15 +869,20 @@ def check_rmsnorm(fn, # your fn(x, weight, eps) -> normalised x
     def make(g):
         d = _ri(g, 2, 32)
         return torch.randn(_ri(g, 1, 3), _ri(g, 1, 6), d, generator=g) * 10 ** _ri(g, -2, 2), torch.randn(d, generator=g), 1e-5
-    return check_function('rmsnorm', fn, ref, make, trials=trials, atol=1e-5, rtol=1e-4, **kwargs)
+    hints = [(lambda got, want, a: _same(got, F.layer_norm(a[0], a[0].shape[-1:], a[1], None, a[2])), "RMSNorm does not subtract the mean")]
+    return check_function('rmsnorm', fn, ref, make, trials=trials, atol=1e-5, rtol=1e-4, hints=hints, **kwargs)
 
-def check_rope(fn, # your fn(x, offset) -> rotated x
+def check_rope(fn, # your fn(x (B, H, T, D), offset) -> rotated x
                trials: int = 10, **kwargs) -> CheckReport:
     "Check a learner's rotary embedding (rotate-half layout, theta 10000) against `RotaryEmbedding`."
     def ref(x, offset): return RotaryEmbedding(x.shape[-1], offset + x.shape[-2])(x, offset)
     def make(g):
-        return torch.randn(_ri(g, 1, 2), _ri(g, 1, 3), _ri(g, 1, 8), 2 * _ri(g, 1, 8), generator=g), _ri(g, 0, 50)
-    return check_function('rope', fn, ref, make, trials=trials, atol=1e-5, rtol=1e-4, **kwargs)
+        return torch.randn(_ri(g, 1, 2), _ri(g, 1, 3), _ri(g, 2, 8), 2 * _ri(g, 2, 8), generator=g), _ri(g, 1, 50)
+    hints = [(lambda got, want, a: _same(got, _rope_ref(*a, start=0)), "token t sits at position offset + t: start the angles at offset, not 0"),
+             (lambda got, want, a: _same(got, _rope_interleaved(*a)), "pair channel i with channel i + D/2 (rotate-half layout), not neighbours 2i, 2i+1"),
+             (lambda got, want, a: _same(got, _rope_ref(*a, sign=-1.0)), "wrong direction: x·cos + rotate_half(x)·sin with rotate_half(x1, x2) = (−x2, x1)"),
+             (lambda got, want, a: _same(got, _rope_ref(*a, freq_scale=1)), "the frequencies are theta^(−2i/D) for i = 0..D/2−1 (exponent 2i/D, not i/D)")]
+    return check_function('rope', fn, ref, make, trials=trials, atol=1e-5, rtol=1e-4, hints=hints, **kwargs)
 
 def check_top_p(fn, # your fn(logits, p) -> filtered logits
                 trials: int = 10, **kwargs) -> CheckReport:
