@@ -8,6 +8,7 @@ import torch
 
 from llm_lab.core import CheckFailed, embedded_corpus
 from llm_lab import data as D
+from conftest import require
 
 FIX = Path(__file__).parent / 'fixtures'
 
@@ -91,7 +92,7 @@ def test_fixtures_read_like_hub(tmp_path):
 
 
 def test_load_hub_parquet_and_errors(tmp_path):
-    pa = pytest.importorskip('pyarrow'); pq = pytest.importorskip('pyarrow.parquet')
+    pa = require('pyarrow'); pq = require('pyarrow.parquet')
     pq.write_table(pa.table({'story': ['x y z', 'a b c'], 'n': [1, 2]}), tmp_path / 'd.parquet')
     got = D.load_hub('parquet', data_files=str(tmp_path / 'd.parquet'), text_field='story', cache_dir=str(tmp_path / 'c'))
     assert got == ['x y z', 'a b c']
@@ -100,7 +101,7 @@ def test_load_hub_parquet_and_errors(tmp_path):
 
 
 def test_load_hub_named_corpus_calls_datasets(monkeypatch):
-    import datasets
+    datasets = require("datasets")
     calls = []
     class Fake(list):
         column_names = ['text']
@@ -218,7 +219,7 @@ def test_exact_dedup():
 
 
 def test_jaccard_matches_sklearn():
-    from sklearn.metrics import jaccard_score
+    jaccard_score = require('sklearn.metrics').jaccard_score
     rng = random.Random(0)
     for _ in range(50):
         a, b = set(rng.sample(range(40), rng.randint(1, 30))), set(rng.sample(range(40), rng.randint(0, 30)))
@@ -289,7 +290,9 @@ def test_clean_corpus_on_crawl():
         if p['kind'] == 'near-copy' and p['edit_rate'] <= 0.01 and not crawl[p['of']]['pii']: assert f is not None
     kept = [f is None for p, f in zip(crawl, fate) if p['kind'] == 'article']
     assert sum(kept) >= 0.9 * len(kept)
-    assert not any(D.find_pii(d) for d in clean) and '<EMAIL>' in ''.join(clean) + '<EMAIL>'
+    assert not any(D.find_pii(d) for d in clean)
+    kept_pii = [k for p, f in zip(crawl, fate) if f is None for k in p['pii']]  # planted personal data in pages that survive
+    assert kept_pii and all(sum(d.count(f'<{k}>') for d in clean) >= kept_pii.count(k) for k in set(kept_pii))
     assert reports[0].docs_in == len(crawl) and reports[-1].docs_out == len(clean)
     assert all('cookies' not in d.lower() for d in clean)
     assert str(reports[0]).startswith('normalize')
@@ -429,70 +432,12 @@ def test_prepare_data_rejects_empty(tmp_path):
 
 
 def test_prepare_data_with_bpe(tmp_path):
-    tokmod = pytest.importorskip('llm_lab.tokenizer')
+    import llm_lab.tokenizer as tokmod
     docs = _corpus()
     bpe = tokmod.BPETokenizer.train(docs, vocab_size=300, special_tokens=('<|endoftext|>',))
     d = D.prepare_data(docs, bpe, D.DataConfig(shard_docs=8), root=tmp_path)
     assert d.meta['tokenizer']['eot_id'] == bpe.eot_id and int(np.max(d.train)) < bpe.vocab_size
     assert (np.asarray(d.train) == bpe.eot_id).sum() == d.meta['docs']['train']
-
-
-# ---------------------------------------------------------------- checkers reject wrong implementations
-def test_checkers_accept_references():
-    assert D.check_jaccard(D.jaccard).ok
-    assert D.check_minhash_signature(lambda s, n: D.minhash_signature(s, n, seed=3)).ok
-    assert D.check_candidate_probability(D.candidate_probability).ok
-    assert D.check_deidentify(D.deidentify).ok
-
-
-def _my_minhash(s, n):  # a different but valid hash family must pass too
-    import hashlib
-    if not s: return np.zeros(n, np.uint64)
-    return np.array([min(int(hashlib.md5(f'{i}:{x}'.encode()).hexdigest()[:12], 16) for x in s) for i in range(n)])
-
-
-def test_check_minhash_accepts_other_valid_family():
-    assert D.check_minhash_signature(_my_minhash, trials=8).ok
-
-
-@pytest.mark.parametrize('wrong', [
-    lambda a, b: len(a & b) / max(len(a) + len(b), 1),        # Dice-like denominator
-    lambda a, b: len(a & b) / len(a | b),                      # crashes on two empty sets
-    lambda a, b: len(a & b) / max(len(a | b), 1),              # two empty sets give 0, not 1
-])
-def test_check_jaccard_rejects(wrong):
-    with pytest.raises(CheckFailed): D.check_jaccard(wrong, trials=60)
-
-
-@pytest.mark.parametrize('wrong', [
-    lambda s, n: np.full(n, min((hash(x) for x in s), default=0)),               # one hash function repeated n times
-    lambda s, n: np.random.default_rng().integers(0, 2**31, n),                   # not deterministic
-    lambda s, n: D.minhash_signature(s, n)[: n // 2],                              # wrong length
-    lambda s, n: np.array([max(D.shingle_hashes(s), default=0) % (i + 2) for i in range(n)]),  # not a random permutation family
-])
-def test_check_minhash_rejects(wrong):
-    with pytest.raises(CheckFailed): D.check_minhash_signature(wrong)
-
-
-@pytest.mark.parametrize('wrong', [lambda s, b, r: s ** (r * b), lambda s, b, r: 1 - (1 - s ** b) ** r,
-                                   lambda s, b, r: (1 - (1 - s) ** r) ** b])
-def test_check_candidate_probability_rejects(wrong):
-    with pytest.raises(CheckFailed): D.check_candidate_probability(wrong)
-
-
-def _emails_only(t):
-    import re
-    return re.sub(r'[\w.+-]+@[\w-]+(\.[\w-]+)+', '<EMAIL>', t)
-
-
-def _greedy_numbers(t):  # replaces every run of digits with separators: dates and versions too
-    import re
-    return re.sub(r'\d[\d .:-]{6,}\d', '<PHONE>', D.deidentify(t))
-
-
-@pytest.mark.parametrize('wrong', [_emails_only, _greedy_numbers, lambda t: t])
-def test_check_deidentify_rejects(wrong):
-    with pytest.raises(CheckFailed): D.check_deidentify(wrong, trials=60)
 
 
 # ---------------------------------------------------------------- properties (hypothesis)
@@ -534,3 +479,55 @@ def test_random_windows_are_slices(n, batch, block, seed):
     for row_x, row_y in zip(x.tolist(), y.tolist()):
         starts = [i for i in range(n - block) if data[i:i + block].tolist() == row_x]
         assert any(data[i + 1:i + block + 1].tolist() == row_y for i in starts)
+
+
+# ---------------------------------------------------------------- special tokens, bad input, optional datasets, plots
+def test_literal_endoftext_in_a_document_is_text():
+    from llm_lab.tokenizer import BPETokenizer
+    docs = _corpus()
+    bpe = BPETokenizer.train(docs, vocab_size=300, special_tokens=('<|endoftext|>',))
+    doc = 'The string <|endoftext|> inside a page is just text.'
+    ids = D.encode_docs([doc, 'next'], bpe)
+    assert ids.tolist().count(bpe.eot_id) == 2 and ids[-1] == bpe.eot_id        # the two appended separators only
+    first = ids[:ids.tolist().index(bpe.eot_id)].tolist()
+    assert bpe.decode(first) == doc and len(first) > 5                          # the literal was encoded as text
+    d = D.prepare_data([doc] * 3 + docs, bpe, D.DataConfig(clean=None, val_fraction=0.0), root=_tmp_root())
+    assert (np.asarray(d.train) == bpe.eot_id).sum() == len(docs) + 3
+    class Leaky(D.ByteTokenizer):  # a tokenizer that still turns the string into the special id
+        def encode(self, text): return [256 if text.startswith('<|endoftext|>', i) else b for i, b in enumerate(text.encode())]
+    with pytest.raises(ValueError, match='end-of-text id 256'): D.encode_docs(['a <|endoftext|> b'], Leaky())
+
+
+def _tmp_root():
+    import tempfile
+    return Path(tempfile.mkdtemp())
+
+
+@pytest.mark.parametrize('call,arg', [
+    (lambda: D.candidate_probability(1.5, 4, 2), "s \\(a Jaccard"), (lambda: D.candidate_probability(-0.1, 4, 2), "s \\(a Jaccard"),
+    (lambda: D.candidate_probability(0.5, 0, 2), 'bands'), (lambda: D.candidate_probability(0.5, 2, 1.5), 'rows'),
+    (lambda: D.lsh_candidates(np.zeros(8, np.uint64), 2, 2), 'signatures'), (lambda: D.lsh_candidates(np.zeros((3, 8), np.uint64), 0, 2), 'bands'),
+    (lambda: D.lsh_params(0.8, num_perm=0), 'num_perm'), (lambda: D.minhash_params(0), 'num_perm'), (lambda: D.shingles('a b', 0), 'k'),
+    (lambda: D.lsh_params(1.2), 'threshold')])
+def test_bad_arguments_are_named(call, arg):
+    with pytest.raises(ValueError, match=arg): call()
+
+
+def test_map_docs_without_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'datasets', None)  # as if not installed
+    assert D.map_docs(str.upper, ['a', 'b']) == ['A', 'B']  # one process needs nothing
+    with pytest.raises(ImportError, match=r'pip install "llm_lab\[hub\]"'): D.map_docs(str.upper, ['a', 'b', 'c', 'd'], num_proc=2)
+
+
+def test_plots_draw():
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    docs = D._prose_paragraphs()[:12]
+    ax = D.plot_lsh(4, 2, docs=docs + [d.upper() for d in docs], num_perm=16)
+    assert ax.get_title() == 'LSH with 4 bands × 2 rows' and len(ax.lines) >= 2
+    texts = docs + docs[:3]
+    reports = [D.normalize_step(texts), D.exact_dedup_step(texts)]
+    ax = D.plot_funnel(reports)
+    assert len(ax.patches) == 2 * (len(reports) + 1)
+    with pytest.raises(ValueError, match='num_perm'): D.plot_lsh(8, 4, docs=docs, num_perm=16)
+    plt.close('all')
