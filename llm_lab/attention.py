@@ -14,7 +14,8 @@ from .core import check_function, CheckReport, subplots
 
 # %% auto #0
 __all__ = ['causal_mask', 'padding_mask', 'attention_weights', 'repeat_kv', 'scaled_dot_product_attention', 'split_heads',
-           'merge_heads', 'Attention', 'plot_attention', 'check_causal_mask', 'check_attention', 'check_repeat_kv']
+           'merge_heads', 'Attention', 'document_ids', 'packed_causal_mask', 'plot_attention', 'check_causal_mask',
+           'check_attention', 'check_causal_self_attention', 'check_packed_causal_mask', 'check_repeat_kv']
 
 # %% ../nbs/2_transformers/05_attention.ipynb #2d8cf5a3
 def causal_mask(t_q: int, # number of queries
@@ -54,6 +55,14 @@ def _combine_masks(mask, is_causal, t_q, t_k, device):
         allowed = c if allowed is None else allowed & c
     return allowed, additive
 
+def _check_mask_shape(mask: torch.Tensor, ndim: int, t_q: int, t_k: int):
+    "A ValueError naming the expected shape, for masks that would broadcast silently into the wrong thing (or not at all)."
+    m_q, m_k = (mask.shape[-2] if mask.ndim >= 2 else 1), (mask.shape[-1] if mask.ndim >= 1 else 1)
+    if mask.ndim > ndim or m_q not in (1, t_q) or m_k not in (1, t_k):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit the scores (..., Tq={t_q}, Tk={t_k}): its last two "
+                         f"dims must be (Tq or 1, Tk or 1), at most {ndim} dims (to broadcast); "
+                         f"for per-sequence lengths use padding_mask(lengths, Tk), shape (B, 1, 1, Tk)")
+
 def attention_weights(q: torch.Tensor, # (..., Tq, D) queries
                       k: torch.Tensor, # (..., Tk, D) keys
                       mask: torch.Tensor | None = None, # bool (True = attend) or float (added), broadcastable to (..., Tq, Tk)
@@ -64,6 +73,7 @@ def attention_weights(q: torch.Tensor, # (..., Tq, D) queries
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must share their last dimension (head size), got q {tuple(q.shape)} and k {tuple(k.shape)}")
     t_q, t_k = q.shape[-2], k.shape[-2]
+    if mask is not None: _check_mask_shape(mask, q.ndim, t_q, t_k)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     acc = torch.promote_types(q.dtype, torch.float32)             # softmax in fp32 (fp64 stays fp64)
     scores = (q @ k.transpose(-2, -1)).to(acc) * scale            # (..., Tq, Tk)
@@ -115,6 +125,9 @@ def split_heads(x: torch.Tensor, # (B, T, H*D)
                 n_head: int, # number of heads H
                ) -> torch.Tensor:
     "(B, T, H*D) -> (B, H, T, D): give each head its own slice of the channels."
+    if isinstance(n_head, bool) or not isinstance(n_head, int) or n_head <= 0:
+        raise ValueError(f"n_head must be a positive int, got {n_head!r}")
+    if x.ndim != 3: raise ValueError(f"split_heads expects x of shape (B, T, H*D), got {tuple(x.shape)}")
     if x.shape[-1] % n_head:
         raise ValueError(f"the last dimension ({x.shape[-1]}) must be divisible by the number of heads ({n_head})")
     return rearrange(x, 'b t (h d) -> b h t d', h=n_head)
@@ -137,6 +150,9 @@ class Attention(nn.Module):
                 ):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
+        for name, val in (('d_model', d_model), ('n_head', n_head), ('n_kv_head', n_kv_head)):
+            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+                raise ValueError(f"{name} must be a positive int, got {val!r}")
         if d_model % n_head: raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
         if n_head % n_kv_head: raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
         if impl not in ('manual', 'sdpa'): raise ValueError(f"impl must be 'manual' or 'sdpa', got {impl!r}")
@@ -177,17 +193,47 @@ def _attention_attend(self: Attention, q, k, v, # (B, H, T, D), (B, Hkv, S, D), 
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
     return scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=p)
 
+def _packed_mask(x, context, mask, token_positions):
+    "`mask` combined with the causal mask of the packed documents that `token_positions` describes."
+    if context is not None: raise ValueError("token_positions describes packed self-attention; it cannot be used with a context")
+    pm = packed_causal_mask(torch.as_tensor(token_positions, device=x.device))  # (B or 1, 1, T, T)
+    if pm.shape[-1] != x.shape[1] or pm.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"token_positions must have shape (B, T) = {tuple(x.shape[:2])} or (T,), got {tuple(torch.as_tensor(token_positions).shape)}")
+    if mask is None: return pm
+    return mask & pm if mask.dtype == torch.bool else mask.masked_fill(~pm, float('-inf'))
+
 def _attention_forward(self: Attention, x: torch.Tensor, # (B, T, d_model)
                        context: torch.Tensor | None = None, # (B, S, d_model) for cross-attention, else None
                        mask: torch.Tensor | None = None, # bool, True = attend, broadcastable to (B, H, T, S)
                        is_causal: bool = False, # causal self-attention
+                       token_positions: torch.Tensor | None = None, # (B, T) or (T,) positions within each packed document
                       ) -> torch.Tensor:
-    "Multi-head attention of x over itself (or over `context`): (B, T, d_model)."
+    "Multi-head attention of x over itself (or over `context`): (B, T, d_model). `token_positions`: causal within each packed document."
+    if token_positions is not None: mask, is_causal = _packed_mask(x, context, mask, token_positions), False
     q, k, v = self.qkv(x, context)                               # (B, H, T, D), (B, Hkv, S, D) ×2
     y = self.attend(q, k, v, mask, is_causal)                    # (B, H, T, D)
     return F.dropout(self.o_proj(merge_heads(y)), self.dropout, self.training)  # (B, T, d_model)
 
 Attention.qkv, Attention.attend, Attention.forward = _attention_qkv, _attention_attend, _attention_forward
+
+# %% ../nbs/2_transformers/05_attention.ipynb #45f972b1
+def document_ids(token_positions: torch.Tensor, # (B, T) or (T,) integer position of each token within its own document
+                ) -> torch.Tensor:
+    "(B, T) index of each token's document: a new document starts wherever a position does not continue the previous one (+1)."
+    pos = torch.as_tensor(token_positions)
+    if pos.is_floating_point() or pos.dtype == torch.bool: raise TypeError(f"token_positions must be integers, got {pos.dtype}")
+    if pos.ndim == 1: pos = pos[None]
+    if pos.ndim != 2: raise ValueError(f"token_positions must have shape (B, T) or (T,), got {tuple(pos.shape)}")
+    starts = torch.ones_like(pos, dtype=torch.bool)             # (B, T)
+    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1               # position 0 after 7: a new document
+    return starts.long().cumsum(-1) - 1                         # (B, T): 0, 0, 0, 1, 1, 2...
+
+def packed_causal_mask(token_positions: torch.Tensor, # (B, T) or (T,) position of each token within its own document
+                      ) -> torch.Tensor:
+    "Boolean (B, 1, T, T) mask for packed sequences: query i may attend key j iff j <= i and both are in the same document."
+    doc = document_ids(token_positions)                         # (B, T)
+    same_doc = doc[:, :, None] == doc[:, None, :]               # (B, T, T)
+    return (same_doc & causal_mask(doc.shape[-1], device=doc.device))[:, None]  # (B, 1, T, T)
 
 # %% ../nbs/2_transformers/05_attention.ipynb #39709bf9
 def plot_attention(weights: torch.Tensor, # (T, T) attention weights of one head (or (L, H, T, T) with layer/head)
@@ -212,26 +258,124 @@ def plot_attention(weights: torch.Tensor, # (T, T) attention weights of one head
 # %% ../nbs/2_transformers/05_attention.ipynb #e54288bd
 def _rand_int(g, lo, hi): return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
+def _close(a, b, atol=1e-5, rtol=1e-4) -> bool:
+    "Same shape and close, with NaN counted as 0 on both sides (a hint predicate must not trip over NaN)."
+    a, b = torch.as_tensor(a).detach().double(), torch.as_tensor(b).detach().double()
+    return a.shape == b.shape and torch.allclose(a.nan_to_num(0.0), b.nan_to_num(0.0), atol=atol, rtol=rtol)
+
 def check_causal_mask(fn, # your fn(t_q, t_k) -> bool (t_q, t_k) tensor
                       trials: int = 10, **kwargs, # passed to check_function (seed, raise_on_fail)
                      ) -> CheckReport:
     "Check a learner's bottom-right causal mask against `causal_mask` on random sizes."
     def make(g):
         t_k = _rand_int(g, 1, 12); return (_rand_int(g, 1, t_k), t_k)
-    return check_function('causal_mask', fn, lambda tq, tk: causal_mask(tq, tk), make, trials=trials, **kwargs)
+    hints = [(lambda got, want, a: _close(got, torch.ones(a[0], a[1], dtype=torch.bool).tril()),
+              "that is torch's top-left tril; with fewer queries than keys the queries are the LAST tokens: offset t_k - t_q")]
+    return check_function('causal_mask', fn, lambda tq, tk: causal_mask(tq, tk), make, trials=trials, hints=hints, **kwargs)
 
-def check_attention(fn, # your fn(q, k, v, mask) -> (B, H, Tq, D)
+# ---- exercise 1: scaled dot-product attention with a mask
+def _masked_softmax_attention(q, k, v, allowed, scale, dim=-1):
+    "softmax(q kᵀ·scale, masked) v with the softmax over `dim`; fully masked rows give zeros. For hints."
+    s = (q @ k.transpose(-2, -1)) * scale
+    return s.masked_fill(~allowed, float('-inf')).softmax(dim).nan_to_num(0.0) @ v
+
+def _attention_hints():
+    d = lambda q: q.shape[-1]
+    return [
+        (lambda got, want, a: torch.as_tensor(got).isnan().any().item(),
+         "NaN: a query whose mask row is all False has nothing to attend to, and softmax of all -inf is 0/0. Its output "
+         "must be zeros: subtract a finite row maximum, or zero those rows (e.g. torch.where / nan_to_num on the weights)"),
+        (lambda got, want, a: _close(got, _masked_softmax_attention(*a[:3], a[3], 1.0)),
+         "missing 1/√d: divide the scores q·kᵀ by √d, d = q.shape[-1] (the head size), before the softmax"),
+        (lambda got, want, a: _close(got, _masked_softmax_attention(*a[:3], a[3], 1 / d(a[0]))),
+         "you divided the scores by d; divide by √d"),
+        (lambda got, want, a: _close(got, _masked_softmax_attention(*a[:3], ~a[3], d(a[0]) ** -0.5)),
+         "the mask is inverted: True means 'may attend'; fill the scores with -inf where the mask is False"),
+        (lambda got, want, a: _close(got, _masked_softmax_attention(*a[:3], a[3], d(a[0]) ** -0.5, dim=-2)),
+         "softmax over the wrong axis: each query's weights over the keys (dim=-1, a row of the scores) must sum to 1"),
+    ]
+
+def check_attention(fn, # your fn(q, k, v, mask) -> (B, H, Tq, D); mask is bool, True = may attend
                     trials: int = 10, **kwargs, # passed to check_function (seed, raise_on_fail)
                    ) -> CheckReport:
-    "Check a learner's masked scaled dot-product attention against ours on random shapes and masks."
+    "Check a learner's masked scaled dot-product attention against ours on random shapes and masks (with empty rows)."
     def make(g):
-        B, H, tq, tk, D = (_rand_int(g, 1, 3), _rand_int(g, 1, 4), _rand_int(g, 1, 9), _rand_int(g, 1, 9), _rand_int(g, 2, 16))
+        B, H, tq, tk, D = (_rand_int(g, 1, 3), _rand_int(g, 1, 4), _rand_int(g, 2, 9), _rand_int(g, 2, 9), _rand_int(g, 4, 16))
         q, k, v = (torch.randn(B, H, t, D, generator=g) for t in (tq, tk, tk))
         mask = torch.rand(B, 1, tq, tk, generator=g) > 0.3
-        if tq > 1: mask[:, :, 0] = False  # always one fully masked row: zeros expected
+        mask[:, :, _rand_int(g, 0, tq - 1)] = False  # always one fully masked row: zeros expected
         return q, k, v, mask
     return check_function('attention', fn, lambda q, k, v, m: scaled_dot_product_attention(q, k, v, mask=m), make,
-                          trials=trials, atol=1e-5, rtol=1e-4, **kwargs)
+                          trials=trials, atol=1e-5, rtol=1e-4, hints=_attention_hints(), **kwargs)
+
+# ---- exercise 2: multi-head causal self-attention from its weights
+def _mha(x, w_qkv, w_o, n_head, diagonal=0, heads='(h d)', merged='(h d)', scale=None, dim=-1):
+    "Causal multi-head self-attention written out, with switches for the usual mistakes (the defaults are right)."
+    d_model, T = x.shape[-1], x.shape[1]
+    q, k, v = (x @ w_qkv.T).split(d_model, dim=-1)                                   # (B, T, d) ×3
+    q, k, v = (rearrange(t, f'b t {heads} -> b h t d', h=n_head) for t in (q, k, v))  # (B, H, T, D)
+    allowed = torch.ones(T, T, dtype=torch.bool).tril(diagonal)                     # (T, T)
+    y = _masked_softmax_attention(q, k, v, allowed, q.shape[-1] ** -0.5 if scale is None else scale, dim)  # (B, H, T, D)
+    return rearrange(y, f'b h t d -> b t {merged}', h=n_head) @ w_o.T               # (B, T, d)
+
+def check_causal_self_attention(fn, # your fn(x, w_qkv, w_o, n_head) -> (B, T, d_model)
+                                trials: int = 10, **kwargs, # passed to check_function (seed, raise_on_fail)
+                               ) -> CheckReport:
+    "Check a learner's causal multi-head self-attention (no biases) against `Attention` on random shapes and weights."
+    def make(g):
+        B, T, H, D = _rand_int(g, 1, 3), _rand_int(g, 2, 8), _rand_int(g, 2, 4), _rand_int(g, 2, 8)
+        d = H * D
+        x = torch.randn(B, T, d, generator=g)
+        return x, torch.randn(3 * d, d, generator=g) * d ** -0.5, torch.randn(d, d, generator=g) * d ** -0.5, H
+    like = lambda **kw: (lambda got, want, a: _close(got, _mha(*a, **kw)))
+    hints = [
+        (lambda got, want, a: torch.as_tensor(got).isnan().any().item(),
+         "NaN: is the diagonal masked? Then the first token has nothing to attend to. Query i may attend keys 0..i, itself included"),
+        (like(diagonal=-1), "off-by-one causal mask: the diagonal is masked, but a token may attend to itself (keys j <= i)"),
+        (like(diagonal=1), "off-by-one causal mask: each token also sees the next one; keys j > i (the future) must be masked"),
+        (like(diagonal=10**6), "no causal mask: token i must not attend to keys j > i"),
+        (like(heads='(d h)'), "heads split in the wrong order: head h owns channels h*D .. h*D+D-1, i.e. 'b t (h d) -> b h t d'"),
+        (like(merged='(d h)'), "heads merged in the wrong order: concatenate the heads, 'b h t d -> b t (h d)'"),
+        (lambda got, want, a: _close(got, _mha(*a, scale=a[0].shape[-1] ** -0.5)),
+         "scaled by 1/√d_model: the scale is 1/√d_head, with d_head = d_model / n_head"),
+        (like(scale=1.0), "missing 1/√d: divide the scores by √d_head before the softmax"),
+        (like(dim=-2), "softmax over the wrong axis: normalise over the keys (the last axis of the (B, H, Tq, Tk) scores)"),
+    ]
+    return check_function('causal_self_attention', fn, _mha, make, trials=trials, atol=1e-5, rtol=1e-4, hints=hints, **kwargs)
+
+# ---- exercise 3: the causal mask of packed sequences
+def _random_positions(g) -> torch.Tensor:
+    "(B, T) token positions of random documents packed into rows (the first may continue from an earlier window)."
+    B, T = _rand_int(g, 1, 3), _rand_int(g, 2, 12)
+    rows = []
+    for _ in range(B):
+        row, first = [], True
+        while len(row) < T:
+            n = _rand_int(g, 1, T)
+            start = _rand_int(g, 0, 5) if first else 0
+            row += list(range(start, start + n)); first = False
+        rows.append(row[:T])
+    return torch.tensor(rows)
+
+def check_packed_causal_mask(fn, # your fn(token_positions (B, T)) -> bool (B, T, T) (or (B, 1, T, T))
+                             trials: int = 20, **kwargs, # passed to check_function (seed, raise_on_fail)
+                            ) -> CheckReport:
+    "Check a learner's causal mask for packed documents against `packed_causal_mask`."
+    def norm(m):
+        m = torch.as_tensor(m)
+        return m[:, 0] if m.ndim == 4 and m.shape[1] == 1 else m
+    def causal(pos): return torch.ones(pos.shape[-1], pos.shape[-1], dtype=torch.bool).tril().expand(pos.shape[0], -1, -1)
+    def same_doc(pos): d = document_ids(pos); return d[:, :, None] == d[:, None, :]
+    hints = [
+        (lambda got, want, a: _close(got, causal(a[0])), "documents see each other: a token may only attend to tokens of its "
+         "own document; a new document starts where the position does not continue the previous one (+1)"),
+        (lambda got, want, a: _close(got, a[0][:, None, :] <= a[0][:, :, None]), "comparing positions is not enough: a token "
+         "at position 3 would see position 0-2 tokens of other documents. Find the documents first"),
+        (lambda got, want, a: _close(got, same_doc(a[0]) & causal(a[0]).tril(-1)), "the diagonal: a token attends to itself"),
+        (lambda got, want, a: _close(got, same_doc(a[0])), "not causal: within a document, key j must not come after query i"),
+    ]
+    return check_function('packed_causal_mask', lambda p: norm(fn(p.clone())).bool(), lambda p: packed_causal_mask(p)[:, 0],
+                          lambda g: (_random_positions(g),), trials=trials, hints=hints, **kwargs)
 
 def check_repeat_kv(fn, # your fn(x, n_rep) -> (B, Hkv*n_rep, T, D)
                     trials: int = 10, **kwargs, # passed to check_function (seed, raise_on_fail)
@@ -240,4 +384,6 @@ def check_repeat_kv(fn, # your fn(x, n_rep) -> (B, Hkv*n_rep, T, D)
     def make(g):
         x = torch.randn(_rand_int(g, 1, 3), _rand_int(g, 2, 4), _rand_int(g, 1, 5), _rand_int(g, 1, 6), generator=g)
         return x, _rand_int(g, 1, 4)
-    return check_function('repeat_kv', fn, repeat_kv, make, trials=trials, atol=0, rtol=0, **kwargs)
+    hints = [(lambda got, want, a: _close(got, a[0].repeat(1, a[1], 1, 1)),
+              "kv heads in the wrong order: each kv head serves a group of CONSECUTIVE query heads (repeat_interleave, not repeat)")]
+    return check_function('repeat_kv', fn, repeat_kv, make, trials=trials, atol=0, rtol=0, hints=hints, **kwargs)

@@ -4,19 +4,20 @@
 
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #0f26748f
 from __future__ import annotations
-import html, json, heapq
+import html, json, heapq, operator, random
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
-from .core import CheckReport, check_function, progress, patch_to
+from .core import CheckFailed, CheckReport, check_function, not_attempted, progress, patch_to
 
 # %% auto #0
 __all__ = ['GPT2_PATTERN', 'EOT', 'pretokenize', 'get_pair_counts', 'merge', 'word_counts', 'naive_bpe_merges', 'learn_merges',
            'BPETokenizer', 'utf8_decode', 'bytes_to_unicode', 'bytes_per_token', 'token_html', 'show_tokens',
-           'encode_ids', 'check_get_pair_counts', 'check_merge', 'check_encode']
+           'encode_ids', 'check_get_pair_counts', 'check_merge', 'check_encode', 'check_merge_update',
+           'check_train_bpe']
 
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #e7e5ee74
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -73,13 +74,17 @@ def _to_bytes(s: str) -> bytes:
     "UTF-8 bytes of `s`; a lone surrogate (not valid Unicode text) is written as its 3-byte form ('surrogatepass')."
     return s.encode('utf-8', 'surrogatepass')
 
-def _special_splitter(special_tokens: Iterable[str]):
-    "A function that splits text around `special_tokens` (keeping them), or None when there are none."
+def _special_regex(special_tokens: Iterable[str]):
+    "A compiled regex that finds `special_tokens` (leftmost, longest first), or None when there are none."
     specials = sorted(set(special_tokens), key=len, reverse=True)  # longest first: leftmost-longest match
     if not specials: return None
     import regex
-    rx = _compile('(' + '|'.join(regex.escape(s) for s in specials) + ')')
-    return lambda text: [s for s in rx.split(text) if s]
+    return _compile('(' + '|'.join(regex.escape(s) for s in specials) + ')')
+
+def _special_splitter(special_tokens: Iterable[str]):
+    "A function that splits text around `special_tokens` (keeping them), or None when there are none."
+    rx = _special_regex(special_tokens)
+    return None if rx is None else (lambda text: [s for s in rx.split(text) if s])
 
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #47161486
 def naive_bpe_merges(counts: dict[bytes, int], # pre-token bytes -> count (from `word_counts`)
@@ -137,6 +142,13 @@ def learn_merges(counts: dict[bytes, int], # pre-token bytes -> count (from `wor
     return vocab, merges
 
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #cff5ba28
+def _as_id(i) -> int:
+    "A token id as a Python int: ints and numpy/torch integers pass; floats, bools and strings are refused."
+    if type(i) is int: return i
+    if isinstance(i, bool) or not hasattr(i, '__index__') or (isinstance(i, torch.Tensor) and i.is_floating_point()):
+        raise TypeError(f"token ids must be ints, got {i!r} ({type(i).__name__})")
+    return operator.index(i)
+
 class BPETokenizer:
     "Byte-level BPE tokenizer: GPT-2 pre-tokenisation, ranked merges, special tokens; train, encode, decode, save, load."
     def __init__(self,
@@ -162,7 +174,7 @@ class BPETokenizer:
         if clash: raise ValueError(f"special token ids {sorted(clash)} are also ordinary token ids")
         self._ranks = {p: r for r, p in enumerate(self.merges)}
         self._rx = _compile(pattern)
-        self._split_all = _special_splitter(self.special_tokens)
+        self._special_rx = _special_regex(self.special_tokens)
         self._id_to_special = {i: s for s, i in self.special_tokens.items()}
         self._cache: dict[str, list[int]] = {}
 
@@ -178,6 +190,7 @@ class BPETokenizer:
 
     def token_bytes(self, i: int) -> bytes:
         "The bytes of token `i` (a special token's UTF-8 string)."
+        i = _as_id(i)
         if i in self.vocab: return self.vocab[i]
         if i in self._id_to_special: return self._id_to_special[i].encode('utf-8')
         raise ValueError(f"token id {i!r} is not in this tokenizer (vocab_size={self.vocab_size})")
@@ -202,6 +215,7 @@ def train(cls, texts: Iterable[str], # documents (a single str counts as one doc
     if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
         raise ValueError(f"vocab_size must be an int >= 256 + {len(special_tokens)} special tokens, got {vocab_size!r}")
     counts = word_counts(texts, pattern, special_tokens)
+    if not counts: raise ValueError("texts holds no text to train on (it is empty, or only empty strings and special tokens)")
     vocab, merges = learn_merges(counts, vocab_size - len(special_tokens), verbose=verbose)
     if len(vocab) < vocab_size - len(special_tokens):
         import warnings
@@ -256,29 +270,38 @@ def _encode_ordinary(self, text: str) -> list[int]:
     return out
 
 @patch_to(BPETokenizer)
-def encode(self, text: str, # the text to encode (any str, even with lone surrogates)
-           allowed_special: str | Iterable[str] = 'all', # 'all', 'none', or the set of special strings to honour
-          ) -> list[int]:
-    "Token ids of `text`; special tokens in `allowed_special` become their ids and are never split."
-    if not isinstance(text, str): raise TypeError(f"encode expects a str, got {type(text).__name__}")
-    if allowed_special == 'all': split = self._split_all; allowed = self.special_tokens
-    elif allowed_special == 'none' or not allowed_special: split, allowed = None, {}
-    else:
-        if isinstance(allowed_special, str): raise ValueError(f"allowed_special must be 'all', 'none' or a set of strings, got {allowed_special!r}")
-        unknown = set(allowed_special) - set(self.special_tokens)
-        if unknown: raise ValueError(f"{sorted(unknown)} are not special tokens of this tokenizer; it has {sorted(self.special_tokens)}")
-        allowed = {s: self.special_tokens[s] for s in allowed_special}
-        split = _special_splitter(allowed)
-    if split is None: return self._encode_ordinary(text)
+def _allowed(self, allowed_special) -> tuple[dict[str, int], object]:
+    "The special tokens to honour (string -> id) and a compiled regex that finds them (None when there are none)."
+    if allowed_special == 'all': return self.special_tokens, self._special_rx
+    if allowed_special is None or allowed_special == 'none': return {}, None
+    if isinstance(allowed_special, str):
+        raise ValueError(f"allowed_special must be 'none', 'all' or a set of special strings, got {allowed_special!r}")
+    unknown = set(allowed_special) - set(self.special_tokens)
+    if unknown: raise ValueError(f"allowed_special: {sorted(unknown)} are not special tokens of this tokenizer; it has {sorted(self.special_tokens)}")
+    allowed = {s: self.special_tokens[s] for s in allowed_special}
+    return allowed, _special_regex(allowed)
+
+@patch_to(BPETokenizer)
+def _encode_with(self, text: str, allowed: dict[str, int], rx) -> list[int]:
+    "Encode `text`, turning the special strings of `allowed` (found by `rx`) into their ids."
+    if rx is None: return self._encode_ordinary(text)
     out = []
-    for seg in split(text):
+    for seg in rx.split(text):
         if seg in allowed: out.append(allowed[seg])
-        else: out.extend(self._encode_ordinary(seg))
+        elif seg: out.extend(self._encode_ordinary(seg))
     return out
 
 @patch_to(BPETokenizer)
+def encode(self, text: str, # the text to encode (any str, even with lone surrogates)
+           allowed_special: str | Iterable[str] = 'none', # 'none': special strings are plain text; 'all'; or a set of them
+          ) -> list[int]:
+    "Token ids of `text`. Special strings are ordinary text unless `allowed_special` names them: then each becomes its id."
+    if not isinstance(text, str): raise TypeError(f"encode expects a str, got {type(text).__name__}")
+    return self._encode_with(text, *self._allowed(allowed_special))
+
+@patch_to(BPETokenizer)
 def encode_batch(self, texts: Iterable[str], # documents
-                 allowed_special: str | Iterable[str] = 'all', # as in `encode`
+                 allowed_special: str | Iterable[str] = 'none', # as in `encode`
                 ) -> list[list[int]]:
     "`encode` each text."
     return [self.encode(t, allowed_special) for t in texts]
@@ -307,7 +330,7 @@ def utf8_decode(data: bytes, # bytes to decode
     return ''.join(out)
 
 @patch_to(BPETokenizer)
-def decode(self, ids: Iterable[int], # token ids (a list, or a 1-D tensor)
+def decode(self, ids: Iterable[int], # token ids: ints (a list, or a 1-D integer tensor)
            errors: str = 'replace', # invalid UTF-8 (a character cut in half): 'replace' with U+FFFD or 'strict' (raise)
           ) -> str:
     "The text of `ids`: their bytes joined and read as UTF-8 (lone surrogates restored)."
@@ -315,11 +338,49 @@ def decode(self, ids: Iterable[int], # token ids (a list, or a 1-D tensor)
         if ids.dim() != 1: raise ValueError(f"decode expects a 1-D sequence of ids, got a tensor of shape {tuple(ids.shape)}")
         ids = ids.tolist()
     vocab, specials = self.vocab, self._id_to_special
-    try: data = b''.join(vocab[i] if i in vocab else specials[i].encode('utf-8') for i in ids)
-    except (KeyError, TypeError):
-        bad = next(i for i in ids if not (isinstance(i, int) and (i in vocab or i in specials)))
-        raise ValueError(f"token id {bad!r} is not in this tokenizer (ids must be ints in [0, {self.vocab_size}))") from None
+    try: data = b''.join(vocab[i] if i in vocab else specials[i].encode('utf-8') for i in map(_as_id, ids))
+    except KeyError as e:
+        raise ValueError(f"decode: token id {e.args[0]} is not in this tokenizer (ids must be in [0, {self.vocab_size}))") from None
     return utf8_decode(data, errors)
+
+# %% ../nbs/2_transformers/04_tokenizer.ipynb #b92d7d56
+_LOOKAHEAD = 8  # characters past a pre-token's end that the pattern may read (GPT-2's: 3, for "'ll"); a safety margin
+
+@patch_to(BPETokenizer)
+def _safe_cut(self, buf: str, rx, hold: int) -> int:
+    "An index `cut` such that the ids of `buf[:cut]` followed by those of the rest equal the ids of `buf + more`, for any `more`."
+    limit, start = len(buf) - hold, 0  # a special token may be cut in two within the last `hold` characters
+    if rx is not None:
+        for m in rx.finditer(buf):
+            if m.end() <= limit: start = m.end(); continue  # a complete special token: a hard boundary
+            if m.start() < limit: return m.start()          # the text before it is complete; the token may grow
+            break
+    cut = start
+    for m in self._rx.finditer(buf, start, limit):  # pre-tokens well before the end cannot change any more
+        if m.end() + _LOOKAHEAD > limit: break
+        cut = m.end()
+    return cut
+
+@patch_to(BPETokenizer)
+def encode_iterable(self, chunks: Iterable[str], # pieces of one text, e.g. the lines of an open file, or a generator
+                    allowed_special: str | Iterable[str] = 'none', # as in `encode`
+                    buffer_chars: int = 1 << 16, # characters gathered before a piece is encoded
+                   ) -> Iterator[int]:
+    "Yield the ids of `''.join(chunks)` lazily, exactly as `encode` of the whole text, keeping only a bounded buffer."
+    if isinstance(chunks, str): chunks = (chunks,)
+    allowed, rx = self._allowed(allowed_special)
+    hold = max(map(len, allowed), default=1) - 1
+    parts, n, need = [], 0, buffer_chars
+    for chunk in chunks:
+        if not isinstance(chunk, str): raise TypeError(f"encode_iterable: chunks must be str, got {type(chunk).__name__}")
+        parts.append(chunk); n += len(chunk)
+        if n < need: continue
+        buf = ''.join(parts)
+        cut = self._safe_cut(buf, rx, hold)
+        if cut: yield from self._encode_with(buf[:cut], allowed, rx)
+        parts, n = [buf[cut:]], len(buf) - cut
+        need = n + buffer_chars  # scan again only after `buffer_chars` new characters (no quadratic rescans)
+    yield from self._encode_with(''.join(parts), allowed, rx)
 
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #392481ed
 def bytes_to_unicode() -> dict[int, str]:
@@ -345,6 +406,13 @@ def _unshow(s: str, what: str = 'token') -> bytes:
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #3c88cb06
 _FORMAT = 'llm_lab.BPETokenizer'
 
+def _read_json(path: Path):
+    "Parse a JSON file; a damaged or truncated one raises a ValueError that names the file."
+    try: return json.loads(Path(path).read_text(encoding='utf-8'))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): "
+                         f"the file is truncated or damaged; save or download it again") from None
+
 @patch_to(BPETokenizer)
 def save(self, path: str | Path, # a .json file to write
         ) -> Path:
@@ -365,12 +433,15 @@ def load(cls, path: str | Path, # a JSON file from `save`, or a folder with GPT-
     path = Path(path)
     if path.is_dir(): return cls.from_gpt2_files(path / 'vocab.json', path / 'merges.txt')
     if not path.exists(): raise FileNotFoundError(f"no tokenizer file at {path} (expected a .json from BPETokenizer.save or a GPT-2 folder)")
-    state = json.loads(path.read_text())
+    state = _read_json(path)
     if not isinstance(state, dict) or state.get('format') != _FORMAT:
         raise ValueError(f"{path} is not a BPETokenizer file (no 'format': {_FORMAT!r}); for GPT-2's files use from_gpt2_files")
-    vocab = {int(i): _unshow(s) for i, s in state['vocab'].items()}
-    merges = {(a, b): c for a, b, c in state['merges']}
-    return cls(vocab, merges, state['special_tokens'], state['pattern'])
+    try:
+        vocab = {int(i): _unshow(s) for i, s in state['vocab'].items()}
+        merges = {(a, b): c for a, b, c in state['merges']}
+        return cls(vocab, merges, state['special_tokens'], state['pattern'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: a damaged BPETokenizer file ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #027313af
 @patch_to(BPETokenizer)
@@ -382,7 +453,7 @@ def from_gpt2_files(cls, vocab_json: str | Path, # GPT-2 vocab.json: token strin
     "A tokenizer from GPT-2-format files; it encodes exactly as Hugging Face's GPT-2 tokenizer does."
     for p in (vocab_json, merges_txt):
         if not Path(p).is_file(): raise FileNotFoundError(f"GPT-2 tokenizer file not found: {p}")
-    table = json.loads(Path(vocab_json).read_text(encoding='utf-8'))
+    table = _read_json(vocab_json)
     if not isinstance(table, dict): raise ValueError(f"{vocab_json} should hold a JSON object token -> id")
     special_tokens = list(dict.fromkeys([special_tokens] if isinstance(special_tokens, str) else special_tokens))
     specials = {s: table[s] for s in special_tokens if s in table}
@@ -449,7 +520,7 @@ def _token_label(b: bytes) -> str:
 
 def token_html(tok: BPETokenizer, # the tokenizer
                text: str, # the text to show
-               allowed_special: str | Iterable[str] = 'all', # as in `encode`
+               allowed_special: str | Iterable[str] = 'none', # as in `encode`
                max_ids: int = 60, # how many ids to list below the tokens
               ) -> str:
     "HTML: the tokens of `text` on coloured backgrounds (hover: id and bytes), counts and bytes per token."
@@ -469,16 +540,25 @@ def token_html(tok: BPETokenizer, # the tokenizer
             f'(vocab {tok.vocab_size})</div>'
             f'<div style="font-family:monospace;font-size:80%;color:#555">ids: [{shown}]</div>')
 
-def show_tokens(tok: BPETokenizer, text: str, allowed_special: str | Iterable[str] = 'all'):
+def show_tokens(tok: BPETokenizer, text: str, allowed_special: str | Iterable[str] = 'none'):
     "Display `token_html(tok, text)` in a notebook."
     from IPython.display import HTML, display
     display(HTML(token_html(tok, text, allowed_special)))
 
 # %% ../nbs/2_transformers/04_tokenizer.ipynb #bffa2494
+def _rint(g: torch.Generator, lo: int, hi: int) -> int: return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
 def _random_ids(g: torch.Generator, n_symbols: int = 4, max_len: int = 24) -> list[int]:
     "A short random id sequence over a few symbols (so repeats and overlaps are common)."
-    n = int(torch.randint(0, max_len + 1, (1,), generator=g))
-    return torch.randint(0, n_symbols, (n,), generator=g).tolist()
+    return torch.randint(0, n_symbols, (_rint(g, 0, max_len),), generator=g).tolist()
+
+def _random_corpus(g: torch.Generator) -> dict[bytes, int]:
+    "A tiny corpus for the trainer: 2-10 distinct words over 'abcd' with counts 1-5, so ties and overlaps are common."
+    counts = {}
+    for _ in range(_rint(g, 2, 10)):
+        w = bytes(97 + i for i in _random_ids(g, _rint(g, 2, 4), 9)) or b'ab'
+        counts[w] = counts.get(w, 0) + _rint(g, 1, 5)
+    return counts
 
 def encode_ids(ids: list[int], # byte ids of one pre-token
                merges: dict[tuple[int, int], int], # pair -> new id, in rank order
@@ -513,11 +593,161 @@ def check_merge(fn: Callable, # your fn(ids, pair, new_id) -> list[int]
         return ids, (a, b), 99
     return check_function('merge', lambda *a: list(fn(*a)), merge, inputs, trials=trials, seed=seed, raise_on_fail=raise_on_fail)
 
+# ---- the usual mistakes in an encoder, recognised to give a hint
+def _encode_first_pair(ids, merges):
+    "Wrong: merges the first mergeable pair met from the left, ignoring rank."
+    while True:
+        for p in zip(ids, ids[1:]):
+            if p in merges: ids = merge(ids, p, merges[p]); break
+        else: return ids
+
+def _encode_most_frequent(ids, merges):
+    "Wrong: merges the most frequent mergeable pair of the sequence."
+    while True:
+        counts = {p: c for p, c in get_pair_counts(ids).items() if p in merges}
+        if not counts: return ids
+        p = max(counts, key=counts.get); ids = merge(ids, p, merges[p])
+
 def check_encode(fn: Callable, # your fn(ids, merges) -> list[int]
                  trials: int = 20, # how many random inputs
-                seed: int | None = None, # None: fresh random inputs each call; an int: repeatable
-                raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else return the report)
-               ) -> CheckReport:
-    "Check `fn(ids, merges)` applies ranked merges like `encode_ids`."
+                 seed: int | None = None, # None: fresh random inputs each call; an int: repeatable
+                 raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else return the report)
+                ) -> CheckReport:
+    "Check `fn(ids, merges)` applies ranked merges like `encode_ids` (the lowest-ranked pair present first, until none applies)."
+    like = lambda wrong: (lambda got, want, args: list(got) == wrong(list(args[0]), dict(args[1])))
+    wrong_order = lambda got, want, args: like(_encode_first_pair)(got, want, args) or like(_encode_most_frequent)(got, want, args)
+    hints = [(wrong_order, "wrong order of merges: not the first mergeable pair you meet, nor the most frequent one, but the "
+                           "pair with the lowest rank (the earliest learned) anywhere in the sequence, first"),
+             (lambda got, want, args: len(got) > len(want), "some pair that has a merge is left unmerged: keep going until no "
+                                                            "adjacent pair has a rank")]
     return check_function('encode', lambda ids, m: list(fn(list(ids), dict(m))), encode_ids,
-                          lambda g: (_random_ids(g, 4, 30), _random_merges(g)), trials=trials, seed=seed, raise_on_fail=raise_on_fail)
+                          lambda g: (_random_ids(g, 4, 30), _random_merges(g)), trials=trials, seed=seed,
+                          raise_on_fail=raise_on_fail, hints=hints)
+
+# ---- exercise: one incremental merge step of the trainer
+class _Watched(list):
+    "A list that records which items a function reads or writes, to check that only the affected words are visited."
+    def __init__(self, items): super().__init__(items); self.visited, self.scanned = set(), False
+    def _note(self, i):
+        if isinstance(i, int): self.visited.add(i % max(len(self), 1))
+        else: self.scanned = True
+    def __getitem__(self, i): self._note(i); return super().__getitem__(i)
+    def __setitem__(self, i, v): self._note(i); super().__setitem__(i, v)
+    def __iter__(self): self.scanned = True; return super().__iter__()
+
+def _trainer_state(words: list[list[int]], freqs: list[int]):
+    "pair_counts (pair -> weighted count) and where (pair -> indices of the words holding it), as `learn_merges` keeps them."
+    pair_counts, where = defaultdict(int), defaultdict(set)
+    for i, w in enumerate(words):
+        for p in zip(w, w[1:]): pair_counts[p] += freqs[i]; where[p].add(i)
+    return pair_counts, where
+
+def _merge_update_failure(fn, g) -> str | None:
+    "Run `fn` on one random trainer state; None if it updated it correctly, else what is wrong (with a hint)."
+    counts = _random_corpus(g)
+    words, freqs = [list(w) for w in counts], list(counts.values())
+    pairs = sorted({p for w in words for p in zip(w, w[1:])})
+    if not pairs: return None
+    pair = pairs[_rint(g, 0, len(pairs) - 1)]
+    new_id = 256 + _rint(g, 0, 9)
+    pair_counts, where = _trainer_state(words, freqs)
+    before = [list(w) for w in words]
+    watched = _Watched([list(w) for w in words])
+    shown = f"words={before}, freqs={freqs}, pair={pair}, new_id={new_id}"
+    fn(watched, list(freqs), pair_counts, where, pair, new_id)
+    affected = {i for i, w in enumerate(before) if pair in zip(w, w[1:])}
+    if watched.scanned or watched.visited - affected:
+        return (f"inputs: {shown}: you visited words that do not contain {pair} "
+                f"({'iterated over all words' if watched.scanned else sorted(watched.visited - affected)}; affected: {sorted(affected)})"
+                f"\n   hint: visit only the words in where[pair]; that is what makes training incremental (and fast)")
+    want_words = [merge(w, pair, new_id) for w in before]
+    for i, (got_w, want_w) in enumerate(zip(list.__iter__(watched), want_words)):
+        if list(got_w) != want_w:
+            hint = ("merge left to right and skip both ids of a merged pair: a a a -> X a (the chapter's `merge` does it)"
+                    if pair[0] == pair[1] else "replace every occurrence of the pair in the word (the chapter's `merge`)")
+            return f"inputs: {shown}: word {i} {before[i]} became {list(got_w)}, expected {want_w}\n   hint: {hint}"
+    want_counts, want_where = _trainer_state(want_words, freqs)
+    got_counts = {p: c for p, c in pair_counts.items() if c != 0}
+    if got_counts != dict(want_counts):
+        p = next(p for p in sorted(set(got_counts) | set(want_counts), key=str) if got_counts.get(p, 0) != want_counts.get(p, 0))
+        unweighted, _ = _trainer_state(want_words, [1] * len(freqs))
+        if got_counts.get(p, 0) == unweighted.get(p, 0): hint = "weight each pair by its word's count freqs[i]"
+        elif got_counts.get(pair, 0) > 0: hint = "the merged pair itself must drop out: subtract every old pair of an affected word"
+        else: hint = "for each affected word: subtract all its old pairs (× freq), merge, then add all its new pairs (× freq)"
+        return (f"inputs: {shown}: pair_counts[{p}] is {got_counts.get(p, 0)} after the merge, expected {want_counts.get(p, 0)}"
+                f"\n   hint: {hint}")
+    for p, idx in want_where.items():
+        if not idx <= set(where.get(p, ())):
+            return (f"inputs: {shown}: where[{p}] = {sorted(where.get(p, ()))} misses word(s) {sorted(idx - set(where.get(p, ())))}"
+                    f"\n   hint: add i to where[p] for every pair p of the merged word i (stale extra entries are fine)")
+    return None
+
+def check_merge_update(fn: Callable, # your fn(words, freqs, pair_counts, where, pair, new_id) -> None, updating in place
+                       trials: int = 30, # how many random trainer states
+                       seed: int | None = None, # None: fresh random inputs each call; an int: repeatable
+                       raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else return the report)
+                      ) -> CheckReport:
+    "Check one incremental merge step: words merged, pair counts and `where` updated, only the affected words visited."
+    gen = torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
+    report = CheckReport('merge_update', trials)
+    for t in range(trials):
+        try: failure = _merge_update_failure(fn, gen)
+        except NotImplementedError: return not_attempted('merge_update')
+        except Exception as e: failure = f"your function raised {type(e).__name__}: {e}"
+        if failure: report.failure = f"trial {t + 1}: {failure}"; break
+        report.passed += 1
+    if raise_on_fail and not report.ok: raise CheckFailed(str(report))
+    return report
+
+# ---- exercise: the whole trainer, checked merge by merge
+def _bpe_merges_failure(counts: dict[bytes, int], num_merges: int, got) -> str | None:
+    "None if `got` is a valid BPE merge list for `counts` (any tie-break), else the first invalid merge and a hint."
+    words, first = [(list(w), c) for w, c in counts.items()], None
+    try: got = [tuple(int(i) for i in p) for p in got]
+    except Exception: return f"expected a list of (left, right) pairs of ints, got {str(got)[:80]}"
+    for k in range(num_merges + 1):
+        pairs, plain = Counter(), Counter()
+        for w, c in words:
+            for p in zip(w, w[1:]): pairs[p] += c; plain[p] += 1
+        first = first or pairs
+        if k == len(got):
+            if pairs and k < num_merges:
+                return (f"you returned {k} merges, expected {num_merges}: pairs remain (e.g. {max(pairs, key=pairs.get)}, "
+                        f"count {max(pairs.values())})\n   hint: stop only at num_merges or when no word has two tokens left")
+            return None
+        if k == num_merges: return f"you returned {len(got)} merges, expected {num_merges}"
+        pair, best = got[k], max(pairs.values(), default=0)
+        if not pairs: return f"merge {k} is {pair}, but no pair is left (every word is one token): stop here"
+        if pairs.get(pair, 0) != best:
+            top = min(p for p in pairs if pairs[p] == best)
+            msg = (f"merge {k} (new id {256 + k}): you chose {pair}, which occurs {pairs.get(pair, 0)} times now, "
+                   f"but {top} occurs {best} times")
+            if any(i >= 256 + k for i in pair): hint = f"ids {256}..{255 + k} exist so far: merge k must get the new id 256 + k"
+            elif pairs.get(pair, 0) == 0: hint = ("that pair no longer occurs: your counts are stale. After a merge, update "
+                                                  "the counts of every word that contained the merged pair")
+            elif first.get(pair, 0) != pairs.get(pair, 0): hint = (f"that pair's count changed with the earlier merges (it was "
+                f"{first.get(pair, 0)} at the start): your counts are stale. After a merge, update the counts of every word "
+                f"that contained the merged pair")
+            elif plain[pair] == max(plain.values()): hint = "count each pair once per occurrence × the word's count, not once per word"
+            else: hint = "take the pair with the highest count (any rule for ties is fine)"
+            return f"{msg}\n   hint: {hint}"
+        words = [(merge(w, pair, 256 + k), c) for w, c in words]
+
+def check_train_bpe(fn: Callable, # your fn(counts, num_merges) -> list of (left, right) pairs, merge k creating id 256 + k
+                    trials: int = 30, # how many random corpora
+                    seed: int | None = None, # None: fresh random inputs each call; an int: repeatable
+                    raise_on_fail: bool = True, # raise CheckFailed on a mismatch (else return the report)
+                   ) -> CheckReport:
+    "Check a BPE trainer merge by merge: each merge must be a most frequent pair at that point (any tie-break rule)."
+    gen = torch.Generator().manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**31))
+    report = CheckReport('train_bpe', trials)
+    for t in range(trials):
+        counts = _random_corpus(gen); num_merges = _rint(gen, 1, 12)
+        try: failure = _bpe_merges_failure(counts, num_merges, fn(dict(counts), num_merges))
+        except NotImplementedError: return not_attempted('train_bpe')
+        except Exception as e: failure = f"your function raised {type(e).__name__}: {e}"
+        if failure:
+            report.failure = f"trial {t + 1} (inputs: counts={counts}, num_merges={num_merges}): {failure}"; break
+        report.passed += 1
+    if raise_on_fail and not report.ok: raise CheckFailed(str(report))
+    return report
