@@ -72,9 +72,55 @@ def test_vector_add(n, dtype):
 def D(t): return t.to(DEV)
 
 
+def test_vector_add_mixed_dtypes_promote_like_torch():
+    x, y = rand(37, seed=1).float(), rand(37, seed=2).half()
+    got = ops.vector_add(D(x), D(y)).cpu()
+    assert got.dtype == torch.float32 and torch.equal(got, x + y)
+
+
+# ---------------------------------------------------------------- 64-bit offsets (issue 11)
+INT64_KERNELS = ['_add_kernel', '_softmax_fwd_kernel', '_softmax_bwd_kernel', '_norm_fwd_kernel', '_norm_bwd_kernel',
+                 '_matmul_kernel', '_ce_fwd_kernel', '_ce_bwd_kernel']
+
+
+@pytest.mark.parametrize('name', INT64_KERNELS)
+def test_kernels_compute_offsets_in_64_bits(name):
+    import inspect
+    k = getattr(ops, name)
+    while hasattr(k, 'fn'): k = k.fn                  # autotuner -> jit function -> python function
+    src = inspect.getsource(k)
+    assert 'tl.int64' in src, f'{name} computes row * stride in int32: it overflows past 2^31 elements'
+
+
+BIG_STRIDE = '''
+import sys, torch
+from llm_lab.kernels import ops
+dev = sys.argv[1]
+stride = 2**30                                    # row 2 starts at element 2^31: row * stride overflows int32
+try: base = torch.empty(2 * stride + 64, dtype=torch.float16, device=dev)   # 4 GiB of address space; untouched pages cost nothing on a CPU
+except (RuntimeError, MemoryError) as e: print('SKIP', e); sys.exit(0)
+x = base.as_strided((3, 64), (stride, 1))
+x.copy_(torch.randn(3, 64, generator=torch.Generator().manual_seed(0)).half().to(dev))
+w, b = torch.ones(64, dtype=torch.float16, device=dev), torch.randn(64, 16, dtype=torch.float16, device=dev)
+xf = x.float()
+errs = [(ops.softmax(x).float() - torch.softmax(xf, -1)).abs().max().item(),
+        (ops.rms_norm(x, w).float() - xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).abs().max().item(),
+        (ops.matmul(x, b).float() - xf @ b.float()).abs().max().item() / (xf @ b.float()).abs().max().item()]
+print('ERRS', errs)
+assert max(errs) < 1e-2, errs
+'''
+
+
+def test_kernels_with_strides_past_int32():
+    "A (3, 64) view whose rows are 2^30 elements apart: int32 offsets wrap and read outside the buffer (a crash)."
+    out = subprocess.run([sys.executable, '-c', BIG_STRIDE, DEV], capture_output=True, text=True, timeout=600)
+    if 'SKIP' in out.stdout: pytest.skip(out.stdout)
+    assert out.returncode == 0 and 'ERRS' in out.stdout, (out.returncode, out.stdout[-500:], out.stderr[-2000:])
+
+
 def test_vector_add_errors():
     with pytest.raises(ValueError, match='same shape'): ops.vector_add(D(torch.ones(3)), D(torch.ones(4)))
-    with pytest.raises(TypeError, match='one dtype'): ops.vector_add(D(torch.ones(3)), D(torch.ones(3)).half())
+    with pytest.raises(TypeError, match='not supported'): ops.vector_add(D(torch.ones(3)), D(torch.ones(3)).double())
     with pytest.raises(ValueError, match='power of two'): ops.vector_add(D(torch.ones(3)), D(torch.ones(3)), block=100)
     with pytest.raises(TypeError, match='torch.Tensor'): ops.vector_add([1, 2], D(torch.ones(2)))
 
@@ -151,16 +197,32 @@ def test_norm_rows_split_over_programs_deterministic():
     assert all(torch.equal(a, c) for a, c in zip(r1, r2))       # partial sums, no atomics: bit-identical reruns
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_norms_fp32_weights_with_16bit_activations_as_under_autocast(dtype):
+    N = 70
+    x, w, b, g = rand(5, N, scale=2, seed=1), 1 + 0.3 * rand(N, seed=2), 0.2 * rand(N, seed=3), rand(5, N, seed=4)
+    xh = x.to(dtype)
+    ref = run_grads(lambda x, w, b: F.layer_norm(x, (N,), w, b), [xh.double(), w, b], g)
+    got = run_grads(ops.layer_norm, [D(xh), D(w.float()), D(b.float())], g)   # bf16 x, fp32 weight and bias
+    assert [t.dtype for t in got] == [dtype, dtype, torch.float32, torch.float32]   # y and dx in x's dtype, dw/db in the weights'
+    for name, a, r in zip(['y', 'dx', 'dw', 'db'], got, ref):
+        assert maxerr(a, r) <= NORM_TOL[dtype] * max(1.0, r.abs().max().item()), name
+    with torch.autocast(DEV if DEV == 'cuda' else 'cpu', dtype=torch.bfloat16):
+        h = F.linear(D(x.float()), D(torch.eye(N)))            # bf16 under autocast
+        y = ops.rms_norm(h, D(w.float()))
+    assert h.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+
+
 def test_norm_errors():
     x = D(torch.randn(4, 8))
     with pytest.raises(ValueError, match=r'weight must have shape \(N,\)'): ops.layer_norm(x, D(torch.ones(7)))
     with pytest.raises(ValueError, match='bias must have shape'): ops.layer_norm(x, D(torch.ones(8)), D(torch.ones(3)))
-    with pytest.raises(TypeError, match='one dtype'): ops.rms_norm(x, D(torch.ones(8)).half())
+    with pytest.raises(TypeError, match='not supported'): ops.rms_norm(x, D(torch.ones(8)).double())
     with pytest.raises(ValueError, match='wider than'): ops.rms_norm(D(torch.randn(1, ops.MAX_NORM_WIDTH + 1)), D(torch.ones(ops.MAX_NORM_WIDTH + 1)))
 
 
 # ---------------------------------------------------------------- matmul
-MM_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # relative to max |reference|
+MM_TOL = {torch.float32: 1e-6, torch.float16: 1.5e-3, torch.bfloat16: 2e-2}  # relative to max |reference|; measured 1.9e-7, 3.4e-4, 5.1e-3
 
 
 @pytest.mark.parametrize('mnk', [(37, 45, 129), (1, 1, 1), (64, 16, 32), (70, 33, 200)])
@@ -174,17 +236,50 @@ def test_matmul_matches_float64(mnk, dtype):
     assert maxerr(got, ref) <= MM_TOL[dtype] * max(1.0, ref.abs().max().item())
 
 
+EPI_TOL = {torch.float32: (2e-6, 2e-6), torch.bfloat16: (2e-2, 2e-2)}  # (y, grads) relative to max |ref|; measured fp32 3e-7, 4e-7
+
+
 @pytest.mark.parametrize('activation', ['relu', 'gelu', 'silu'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_matmul_epilogue_and_grad(activation, dtype):
-    a, b, g = rand(2, 19, 40, seed=1), rand(40, 21, seed=2), rand(2, 19, 21, seed=3)  # batched a, ragged sizes
+    a, b, g = (t.to(dtype).double() for t in (rand(2, 19, 40, seed=1), rand(40, 21, seed=2), rand(2, 19, 21, seed=3)))  # as rounded
     ra, rb = a.clone().requires_grad_(), b.clone().requires_grad_()
     ops.ACTIVATIONS[activation](ra @ rb).backward(g)
     ta, tb = a.to(dtype).to(DEV).requires_grad_(), b.to(dtype).to(DEV).requires_grad_()
     y = ops.matmul(ta, tb, activation); y.backward(g.to(dtype).to(DEV))
-    tol = MM_TOL[dtype] * 4
-    assert maxerr(y, ops.ACTIVATIONS[activation](a @ b)) <= tol * 10
-    assert maxerr(ta.grad, ra.grad) <= tol * ra.grad.abs().max() and maxerr(tb.grad, rb.grad) <= tol * rb.grad.abs().max()
+    ref = ops.ACTIVATIONS[activation](a @ b)
+    ty, tg = EPI_TOL[dtype]
+    assert maxerr(y, ref) <= ty * ref.abs().max()
+    assert maxerr(ta.grad, ra.grad) <= tg * ra.grad.abs().max() and maxerr(tb.grad, rb.grad) <= tg * rb.grad.abs().max()
+    if activation == 'gelu' and dtype == torch.float32:   # the tolerance can tell the tanh form (ours) from exact GELU
+        exact = F.gelu(a @ b)
+        assert maxerr(exact, ref) > 5 * ty * ref.abs().max(), 'an exact-GELU epilogue would pass this test too'
+        assert maxerr(y, exact) > ty * ref.abs().max()    # i.e. the test rejects the exact form
+
+
+def test_matmul_autotune_key_includes_the_epilogue():
+    assert 'ACTIVATION' in ops._matmul_kernel.keys
+
+
+@pytest.mark.parametrize('config', ops.MATMUL_CONFIGS, ids=str)
+def test_matmul_gpu_tile_configs(config):
+    "Every autotuning candidate of the GPU, run through the interpreter on a ragged shape (the interpreter autotunes 32x32 only)."
+    a, b = rand(70, 200, seed=1), rand(200, 33, seed=2)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = ops._matmul(D(a.to(dtype)), D(b.to(dtype)), 'relu', config=config)
+        ref = torch.relu(a.to(dtype).double() @ b.to(dtype).double())
+        assert maxerr(got, ref) <= MM_TOL[dtype] * ref.abs().max(), dtype
+
+
+def test_matmul_mixed_dtypes_cast_to_the_activation_dtype():
+    x, w = rand(9, 40, seed=1), rand(40, 12, seed=2)
+    wf = D(w.float()).requires_grad_()
+    y = ops.matmul(D(x.bfloat16()), wf)                         # bf16 activations, fp32 weight
+    assert y.dtype == torch.bfloat16
+    ref = x.bfloat16().double() @ w.bfloat16().double()
+    assert maxerr(y, ref) <= MM_TOL[torch.bfloat16] * ref.abs().max()
+    y.float().sum().backward()
+    assert wf.grad.dtype == torch.float32 and wf.grad.shape == w.shape
 
 
 def test_matmul_strided_inputs():
@@ -197,7 +292,7 @@ def test_matmul_strided_inputs():
 def test_matmul_errors():
     with pytest.raises(ValueError, match=r'a \(\.\.\., K\) and b \(K, N\)'): ops.matmul(D(torch.randn(3, 4)), D(torch.randn(5, 6)))
     with pytest.raises(ValueError, match='activation'): ops.matmul(D(torch.randn(3, 4)), D(torch.randn(4, 6)), 'tanh')
-    with pytest.raises(TypeError, match='one dtype'): ops.matmul(D(torch.randn(3, 4)), D(torch.randn(4, 6)).half())
+    with pytest.raises(TypeError, match='not supported'): ops.matmul(D(torch.randn(3, 4)), D(torch.randn(4, 6)).double())
 
 
 # ---------------------------------------------------------------- cross-entropy
@@ -260,7 +355,7 @@ def test_program_tile_is_a_permutation(pm, pn, g):
 def test_plots_and_benchmark_file(tmp_path):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    ops.plot_roofline({'x': (1e9, 1e9)}); ops.plot_matmul_tiles(64, 32, 1024, 'T4')
+    ops.plot_roofline({'x': (1e9, 1e9)}); ops.plot_matmul_tiles(64, 32, 1024, 't4')
     data = {'meta': {'device': 'fake GPU', 'date': '2026-01-01'}, 'ceilings': {'copy_gbps': 3000, 'matmul_bf16_tflops': 700},
             'results': [{'kernel': 'softmax fwd', 'impl': i, 'dtype': 'bf16', 'x': n, 'x_name': 'cols', 'ms': 1.0, 'gbps': g, 'tflops': None}
                         for i, g0 in (('triton', 2000), ('torch', 1200)) for n, g in ((1024, g0), (4096, g0 * 1.1))] +
@@ -271,27 +366,3 @@ def test_plots_and_benchmark_file(tmp_path):
     (tmp_path / 'bad.json').write_text('{"a": 1}')
     with pytest.raises(ValueError, match='bench/kernels.py'): ops.load_benchmarks(tmp_path / 'bad.json')
     plt.close('all')
-
-
-def test_checkers_accept_references():
-    assert ops.check_roofline_time(ops.roofline_time).ok
-    assert ops.check_matmul_traffic(ops._traffic_ref).ok
-    assert ops.check_softmax(lambda x: torch.softmax(x, -1)).ok
-    assert ops.check_layer_norm_backward(ops._ln_backward_ref).ok
-
-
-def test_checkers_reject_wrong_answers():
-    with pytest.raises(CheckFailed):  # adds the two times instead of taking the max
-        ops.check_roofline_time(lambda f, b, p, w: f / p + b / w)
-    with pytest.raises(CheckFailed):  # forgets writing C
-        ops.check_matmul_traffic(lambda M, N, K, bm, bn, e: e * (M * K * -(-N // bn) + K * N * -(-M // bm)))
-    with pytest.raises(CheckFailed):  # forgets the ceil: ragged tiles are not counted
-        ops.check_matmul_traffic(lambda M, N, K, bm, bn, e: e * (M * K * (N // bn) + K * N * (M // bm) + M * N))
-    with pytest.raises(CheckFailed, match='softmax'):  # no max subtraction: exp overflows
-        ops.check_softmax(lambda x: torch.exp(x) / torch.exp(x).sum(-1, keepdim=True))
-    def ln_no_mean_term(x, w, dy):  # forgets the mean of u in dx
-        mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-        r = torch.rsqrt(var + 1e-5); xhat = (x - mu) * r; u = dy * w
-        return r * (u - xhat * (u * xhat).mean(-1, keepdim=True)), (dy * xhat).sum(0), dy.sum(0)
-    with pytest.raises(CheckFailed, match='layer_norm backward'):
-        ops.check_layer_norm_backward(ln_no_mean_term)
