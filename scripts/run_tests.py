@@ -102,6 +102,21 @@ def run_pytest(workers: int) -> tuple:
     return total - failed - skipped, failed, skipped
 
 
+def warm_zoo() -> bool:
+    """Train (or find cached) every zoo model once, with all cores, before the notebooks start: otherwise two notebooks
+    that need the same base model would both wait on its lock, and the first one would pay its training in its time."""
+    code = ("import time; from llm_lab.zoo import ZOO, pretrained\n"
+            "for name in ZOO:\n"
+            "    t0 = time.time(); pretrained(name); print(f'  zoo {name}: ready in {time.time() - t0:.0f} s', flush=True)")
+    env = dict(os.environ, LLM_LAB_QUIET='1', OMP_NUM_THREADS=str(os.cpu_count() or 1))
+    t0 = time.time()
+    res = subprocess.run([str(BIN / 'python'), '-c', code], cwd=ROOT, env=env, capture_output=True, text=True)
+    print(res.stdout, end='')
+    if res.returncode != 0:
+        print(f'✗ zoo: training the base models failed\n{res.stderr[-3000:]}'); return False
+    print(f'✓ zoo models ready ({time.time() - t0:.0f} s)'); return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--flags', default='', help="test flags to run, e.g. 'slow gpu' (default: none)")
@@ -115,17 +130,18 @@ def main():
                                'commit the cleaned notebooks (run nbdev_clean before committing)')
     nb_pass = nb_fail = py_pass = py_fail = py_skip = 0
     times = {}
+    ok_zoo = warm_zoo() if 'zoo' not in args.skip else True
     if 'notebooks' not in args.skip: nb_pass, nb_fail, times = test_notebooks(args.flags, args.workers)
     if 'pytest' not in args.skip: py_pass, py_fail, py_skip = run_pytest(args.workers)
     wall = time.time() - t0
     (ROOT / '_proc').mkdir(exist_ok=True)
     (ROOT / '_proc' / 'test-times.json').write_text(json.dumps({'wall_s': round(wall), 'notebooks_s': times}, indent=1))
     slowest = max(times.items(), key=lambda kv: kv[1]) if times else ('-', 0)
-    checks_failed = (not ok_export) + (not ok_clean)
+    checks_failed = (not ok_export) + (not ok_clean) + (not ok_zoo)
     print(f'\nnotebooks: {nb_pass} passed, {nb_fail} failed (slowest {slowest[0]}: {slowest[1]:.0f} s) | '
           f'pytest: {py_pass} passed, {py_fail} failed, {py_skip} skipped | '
-          f'export/clean checks: {2 - checks_failed}/2 | wall {wall:.0f} s')
-    print(f'summary: {nb_pass + py_pass + 2 - checks_failed} passed, {nb_fail + py_fail + checks_failed} failed, '
+          f'export/clean/zoo checks: {3 - checks_failed}/3 | wall {wall:.0f} s')
+    print(f'summary: {nb_pass + py_pass + 3 - checks_failed} passed, {nb_fail + py_fail + checks_failed} failed, '
           f'{py_skip} skipped')
     sys.exit(1 if nb_fail or py_fail or checks_failed else 0)
 
