@@ -553,7 +553,8 @@ def _check_order(order, root: Value) -> str | None:
                 "   hint: keep a `seen` set: a shared sub-expression is reached along several paths")
     if set(ids) != {id(v) for v in want}:
         missing, extra = len({id(v) for v in want} - set(ids)), len(set(ids) - {id(v) for v in want})
-        return f"the order has {missing} of the graph's {len(want)} nodes missing and {extra} that are not in it"
+        return (f"the order has {missing} of the graph's {len(want)} nodes missing and {extra} that are not in it\n"
+                "   hint: follow every node's _prev all the way down: the inputs (leaves) belong in the order too")
     where = {i: n for n, i in enumerate(ids)}
     for v in order:
         for child in v._prev:
@@ -613,7 +614,8 @@ def _per_path(root):  # recursion without a topological order: a shared node sen
     visit(root)
 
 _BACKWARD_HINTS = [
-    (lambda got, want, args: all(g == 0 for g in got), "every gradient is 0: seed the output first, root.grad = 1"),
+    (lambda got, want, args: all(g == 0 for g in got),
+     "every gradient is 0: seed the output first (root.grad = 1), and start from the root: walk the topological order reversed"),
     (lambda got, want, args: _close_all(got, _grads_after(_unreversed)(*args)),
      "walk the topological order in reverse (root first): a node may pass its gradient on only once it is complete"),
     (lambda got, want, args: _close_all(got, _grads_after(_per_path)(*args)),

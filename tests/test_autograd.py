@@ -138,6 +138,19 @@ def test_topological_order():
         assert all(where[child] < where[v] for child in v._prev)
 
 
+@pytest.mark.parametrize('k, x', [(0, 0.0), (0, 3.0), (0, -2.0), (0.5, 0.0), (1.5, 0.0), (1, 0.0), (2, 0.0), (3, -2.0), (-1, 2.0)])
+def test_powers_at_zero_match_torch(k, x):
+    "x**0 has gradient 0 everywhere (no ZeroDivisionError at 0); sqrt at 0 has slope inf, like torch."
+    v, t = Value(x), torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    out = v ** k; out.backward(); (t ** k).backward()
+    assert out.data == (t ** k).item() and v.grad == t.grad.item(), (k, x, v.grad, t.grad)
+
+def test_division_by_zero_and_overflow_are_clear():
+    with pytest.raises(ZeroDivisionError, match='a Value that is 0'): Value(1.0) / Value(0.0)
+    with pytest.raises(ZeroDivisionError, match='a Value that is 0'): Value(0.0) ** -2
+    with pytest.raises(OverflowError, match=r'exp\(1000\) is too large'): Value(1000.0).exp()
+    with pytest.raises(OverflowError, match='too large for a float'): Value(10.0) ** 400
+
 def test_value_accepts_numeric_scalars():
     assert Value(np.float32(1.5)).data == 1.5 and Value(torch.tensor(2.0)).data == 2.0
     assert Value(np.array([[3.0]])).data == 3.0 and Value(True).data == 1.0 and Value(7).data == 7.0
@@ -178,6 +191,20 @@ def test_programs_are_repeatable_and_readable():
     assert describe_program(Program([('tanh(a)', (0,)), ('a * b', (3, 1))])) == '((tanh(x0)) * x1)'
 
 
+def test_exported_plots_run(tmp_path):
+    "Every exported plotting function of the module, once, with small inputs (a missing import fails here)."
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from llm_lab.autograd import plot_decision_boundary, plot_neuron_graph
+    ax = plot_neuron_graph(1.0, -1.0, 0.5, 2.0, 0.1)
+    assert any('tanh' in t.get_text() for t in ax.texts) and 'o = tanh' in ax.get_title()
+    X, y = make_moons(20, seed=0)
+    ax = plot_decision_boundary(lambda P: P[:, 0] - 0.5, X, y, steps=8, title='t')
+    assert ax.get_title() == 't' and ax.get_xlabel()
+    plt.close('all')
+
+
 def test_draw_graph():
     import matplotlib
     matplotlib.use('Agg')
@@ -195,7 +222,7 @@ def test_draw_graph():
 # --- the MLP, its data and its torch twin -----------------------------------------------------------------------------
 
 def test_make_moons_matches_scikit_learn():
-    sklearn_datasets = pytest.importorskip('sklearn.datasets')
+    import sklearn.datasets as sklearn_datasets  # a dev requirement: missing it is a failure, not a skip
     for n in (10, 101):
         X, y = make_moons(n, noise=0.0)
         Xs, ys = sklearn_datasets.make_moons(n, noise=0.0, shuffle=False)

@@ -55,6 +55,9 @@ def test_neuron_and_its_errors():
     torch.testing.assert_close(neuron(x, w, 0.5, torch.tanh), torch.tanh(x @ w + 0.5))
     with pytest.raises(ValueError, match=r'w of shape \(n,\)'):
         neuron(x, torch.randn(4))
+    with pytest.raises(ValueError, match=r'bias b must be a single number, got a tensor of shape \(3,\)'):
+        neuron(torch.randn(3, 3), w, torch.zeros(3))  # would broadcast silently
+    torch.testing.assert_close(neuron(x, w, torch.tensor(0.5)), x @ w + 0.5)
 
 
 def test_blobs():

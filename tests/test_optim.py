@@ -13,7 +13,7 @@ from llm_lab.core import CheckFailed
 from llm_lab.optim import (
     SGD, RMSprop, Adam, AdamW, Dropout, EarlyStopping, OPTIMIZERS, activation_stats, check_adam_step,
     check_adamw_step, check_cross_entropy, check_schedule, check_sgd_step, clip_grad_norm_, cross_entropy, dropout,
-    fit, init_std, load_optimizer, log_softmax, logsumexp, lr_lambda, lr_linear, lr_step, lr_warmup_cosine,
+    fit, init_std, load_optimizer, log_softmax, logsumexp, lr_lambda, softmax, lr_linear, lr_step, lr_warmup_cosine,
     make_mlp, make_regression_task, mse_loss, optimizer_parity, optimizer_path, plot_optimizer_paths, rosenbrock,
     save_optimizer)
 
@@ -41,6 +41,40 @@ def test_logsumexp_is_stable():
     torch.testing.assert_close(log_softmax(x), F.log_softmax(x, -1))
     row = torch.tensor([[-math.inf, -math.inf], [0.0, -math.inf]])
     torch.testing.assert_close(logsumexp(row), torch.logsumexp(row, -1))
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('dim', [0, 1, -1])
+def test_softmax_is_stable_and_keeps_dtype(dtype, dim):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 6, 7, generator=g, dtype=torch.float64) * 1e4
+    x[0, 0] = torch.tensor([1e30, -1e30, 0, 0, 0, 0, 0])  # absurd logits
+    x[1, :, 2] = -torch.arange(6.0) * 1e5
+    x = x.to(dtype)
+    p = softmax(x, dim)
+    assert p.dtype == dtype and torch.isfinite(p).all()
+    torch.testing.assert_close(p, torch.softmax(x, dim), atol=1e-12 if dtype == torch.float64 else 1e-6, rtol=0)
+    torch.testing.assert_close(p.sum(dim), torch.ones_like(p.sum(dim)))
+    naive = x.exp() / x.exp().sum(dim, keepdim=True)
+    assert not torch.isfinite(naive).all()  # the inputs do overflow a literal softmax
+
+def test_softmax_half_and_errors():
+    x = torch.randn(4, 9) * 20
+    for dt in (torch.float16, torch.bfloat16):
+        p = softmax(x.to(dt))
+        assert p.dtype == dt
+        torch.testing.assert_close(p.float(), torch.softmax(x.to(dt).float(), -1), atol=2e-3, rtol=1e-2)
+    for fn in (softmax, logsumexp, log_softmax):
+        with pytest.raises(TypeError, match='floating-point tensor'): fn(torch.arange(5))
+        with pytest.raises(TypeError, match='floating-point tensor'): fn([1.0, 2.0])
+
+def test_random_logits_give_log_v_plus_half():
+    "Equal logits give exactly log V; N(0, 1) logits give about log V + 1/2 (the chapter's claim)."
+    g = torch.Generator().manual_seed(0)
+    V = 50
+    targets = torch.randint(0, V, (20000,), generator=g)
+    assert abs(cross_entropy(torch.zeros(20000, V), targets).item() - math.log(V)) < 1e-5
+    loss = cross_entropy(torch.randn(20000, V, generator=g), targets).item()
+    assert abs(loss - (math.log(V) + 0.5)) < 0.04 and abs(loss - math.log(V)) > 0.4
 
 @pytest.mark.parametrize('shape', [(7, 5), (3, 4, 11), (1, 2)])
 @pytest.mark.parametrize('label_smoothing', [0.0, 0.2])
@@ -74,6 +108,8 @@ def test_cross_entropy_errors():
     with pytest.raises(TypeError, match='float'): cross_entropy(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match='label_smoothing'): cross_entropy(logits, torch.zeros(4, dtype=torch.long), label_smoothing=2.0)
     with pytest.raises(ValueError, match=r'\[0, 3\).*found 5'): cross_entropy(logits, torch.tensor([0, 1, 5, -100]))
+    with pytest.raises(ValueError, match=r'\[0, 3\).*found -1'): cross_entropy(logits, torch.tensor([0, -1, 2, 1]))
+    with pytest.raises(TypeError, match='integer'): cross_entropy(logits, torch.tensor([True, False, True, True]))
 
 # ---------------------------------------------------------------- optimizers: parity with torch.optim
 
@@ -207,7 +243,33 @@ def test_state_dicts_interchange_with_torch(tmp_path):
     for a, b, c in zip(m_ref.parameters(), m_ours.parameters(), m_back.parameters()):
         assert (a - b).abs().max() < 1e-6 and torch.equal(a, c)
     torch_again = torch.optim.AdamW(m_ours.parameters(), lr=1e-2); torch_again.load_state_dict(ours.state_dict())
-    _train(m_ours, torch_again, 5, seed=3)
+    _train(m_ours, torch_again, 5, seed=3); _train(m_ref, ref, 5, seed=3)
+    for a, b in zip(m_ref.parameters(), m_ours.parameters()): assert (a - b).abs().max() < 1e-6  # ours' state drives torch's
+
+@pytest.mark.parametrize('make', [lambda ps: AdamW(ps, lr=1e-2, betas=(0.8, 0.95)), lambda ps: Adam(ps, lr=1e-2),
+                                  lambda ps: SGD(ps, lr=0.05, momentum=0.9), lambda ps: RMSprop(ps, lr=1e-2, centered=True),
+                                  lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.8, 0.95)),
+                                  lambda ps: torch.optim.Adam([dict(params=ps[:2]), dict(params=ps[2:], lr=1e-3)], lr=1e-2)],
+                         ids=['AdamW', 'Adam', 'SGD', 'RMSprop', 'torch AdamW', 'torch Adam two groups'])
+def test_saved_and_loaded_optimizer_compares_equal(make, tmp_path):
+    "After save_optimizer + load_optimizer the optimizer equals the original: param_groups (betas a tuple) and state."
+    model = _model(); opt = make(list(model.parameters())); _train(model, opt, 5, seed=1)
+    save_optimizer(opt, tmp_path / 'opt.safetensors')
+    back = load_optimizer(make(list(model.parameters())), tmp_path / 'opt.safetensors')
+    saved, loaded = opt.state_dict(), back.state_dict()
+    assert loaded['param_groups'] == saved['param_groups']
+    assert [g.get('betas') for g in back.param_groups] == [g.get('betas') for g in opt.param_groups]
+    assert all(type(g.get('betas')) is type(h.get('betas')) for g, h in zip(back.param_groups, opt.param_groups))
+    assert saved['state'].keys() == loaded['state'].keys()
+    for i, st in saved['state'].items():
+        assert st.keys() == loaded['state'][i].keys()
+        for k, v in st.items(): assert torch.equal(torch.as_tensor(v), torch.as_tensor(loaded['state'][i][k])), (i, k)
+
+def test_load_optimizer_refuses_a_different_number_of_groups(tmp_path):
+    model = _model(); opt = Adam(model.parameters()); save_optimizer(opt, tmp_path / 'o.safetensors')
+    ps = list(model.parameters())
+    with pytest.raises(ValueError, match='holds 1 param groups, the optimizer has 2'):
+        load_optimizer(Adam([dict(params=ps[:2]), dict(params=ps[2:])]), tmp_path / 'o.safetensors')
 
 def test_load_optimizer_errors(tmp_path):
     from safetensors.torch import save_file
@@ -241,6 +303,10 @@ def test_warmup_and_decay_shape(fn):
     assert fn(0, 1.0, 0, 50) == 1.0 and fn(4, 1.0, 5, 5, 0.2) == pytest.approx(1.0) and fn(5, 1.0, 5, 5, 0.2) == pytest.approx(0.2)
 
 def test_schedule_errors():
+    for fn in (lr_warmup_cosine, lr_linear):
+        with pytest.raises(ValueError, match='step must be an int >= 0'): fn(-1, 1.0, 10, 100)
+        with pytest.raises(ValueError, match='step must be an int >= 0'): fn(2.5, 1.0, 10, 100)
+    with pytest.raises(ValueError, match='step must be >= 0'): lr_step(-3, 1.0, 5)
     with pytest.raises(ValueError, match='warmup_steps'): lr_warmup_cosine(0, 1.0, 20, 10)
     with pytest.raises(ValueError, match='step_size'): lr_step(0, 1.0, 0)
     with pytest.raises(ValueError, match='unknown schedule'): lr_lambda('exponential')
@@ -288,6 +354,8 @@ def test_init_std_matches_torch_initialisers():
     nn.init.kaiming_normal_(w, nonlinearity='tanh'); assert abs(w.std() / init_std('kaiming', 900, 600, 'tanh') - 1) < 0.01
     assert abs(nn.Linear(900, 600).weight.std() / init_std('default', 900, 600) - 1) < 0.01
     with pytest.raises(ValueError, match='init scheme'): init_std('orthogonal', 3, 3)
+    with pytest.raises(ValueError, match='fan_in and fan_out must be >= 1'): init_std('kaiming', 0, 3)
+    with pytest.raises(ValueError, match="activation must be 'tanh' or 'relu'"): make_mlp(2, 8, 'gelu')
 
 def test_make_mlp_and_activation_stats():
     torch.manual_seed(0)
