@@ -4,34 +4,48 @@
 
 # %% ../nbs/3_pretraining/09b_zoo.ipynb #b957854a
 from __future__ import annotations
-import contextlib, json, os, shutil, sys, time
+import contextlib, importlib, json, os, shutil, sys, time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .core import cache_dir, seed_everything, embedded_corpus, quiet
 from .model import GPT, GPTConfig
-from .tokenizer import BPETokenizer
-from .data import RandomWindows
-from .train import TrainConfig, train, split_docs, corpus_tokens, unigram_loss, save_weights, load_weights, ProgressBar
+from .tokenizer import BPETokenizer, EOT
+from .data import RandomWindows, encode_docs
+from .tasks import task_corpus, make_tasks, task_text
+from .train import TrainConfig, train, evaluate, split_docs, corpus_tokens, unigram_loss, save_weights, load_weights, ProgressBar
 
 # %% auto #0
-__all__ = ['ZOO', 'ZOO_VERSION', 'zoo_spec', 'zoo_dir', 'file_lock', 'train_zoo_model', 'pretrained', 'zoo_info']
+__all__ = ['CHAT_TOKENS', 'ZOO', 'ZOO_VERSION', 'zoo_spec', 'zoo_dir', 'file_lock', 'zoo_corpora', 'train_zoo_model',
+           'pretrained', 'zoo_info']
 
 # %% ../nbs/3_pretraining/09b_zoo.ipynb #166f655e
+CHAT_TOKENS = ('<|user|>', '<|assistant|>', '<|end|>')  # reserved in small-gpt2's tokenizer for chapter 12's chat template
+
 ZOO: dict[str, dict] = {
     'tiny-gpt2': dict(arch='gpt2', model=dict(vocab_size=512, context_len=128, n_layer=3, n_head=4, d_model=96),
                       train=dict(max_steps=800, batch_size=8, lr=3e-3, warmup_steps=40, eval_every=200), seed=0),
     'tiny-llama': dict(arch='llama', model=dict(vocab_size=512, context_len=128, n_layer=3, n_head=4, n_kv_head=2, d_model=96),
                        train=dict(max_steps=800, batch_size=8, lr=3e-3, warmup_steps=40, eval_every=200), seed=0),
+    # ~1 M parameters on prose mixed with the verifiable tasks of 08a: the base model of parts 4-8 (sized for ~4 min on 2 cores)
+    'small-gpt2': dict(arch='gpt2', model=dict(vocab_size=1024, context_len=128, n_layer=4, n_head=4, d_model=128),
+                       train=dict(max_steps=800, batch_size=16, lr=3e-3, warmup_steps=50, eval_every=400),
+                       data=dict(task_docs=1000, special_tokens=list(CHAT_TOKENS)), seed=0),
+    # small-gpt2 instruction-tuned by chapter 12's SFT. The zoo (09b) cannot import llm_lab.finetune (12) at module level
+    # (imports point backward), so the recipe names its trainer and train_zoo_model imports it lazily, when first needed.
+    'small-gpt2-sft': dict(base='small-gpt2', trainer='llm_lab.finetune:train_sft_zoo_model',
+                           train=dict(max_steps=200, batch_size=16, lr=1e-3, warmup_steps=20, eval_every=100),
+                           data=dict(tasks=4000, pretrain_mix=0.25), seed=0),
 }
 ZOO_VERSION = 1  # bump when the recipe changes: cached models with another version are retrained
 
 def zoo_spec(name: str, # a key of ZOO
              max_steps: int | None = None, # override the training steps (tests, quick looks)
             ) -> dict:
-    "The recipe of zoo model `name` (a copy), with `max_steps` overridden if given."
+    "The recipe of zoo model `name` (a copy, with its base model's recipe inlined), with `max_steps` overridden if given."
     if name not in ZOO: raise KeyError(f"no zoo model {name!r}: available {sorted(ZOO)}")
     spec = json.loads(json.dumps(ZOO[name]))
     if max_steps is not None:
@@ -39,6 +53,7 @@ def zoo_spec(name: str, # a key of ZOO
         spec['train']['max_steps'] = max_steps
         spec['train']['warmup_steps'] = min(spec['train']['warmup_steps'], max_steps // 10)
         spec['train']['eval_every'] = min(spec['train']['eval_every'], max_steps)
+    if 'base' in spec: spec['base_spec'] = zoo_spec(spec['base'], max_steps)  # a changed base retrains the derived model too
     return {'name': name, 'version': ZOO_VERSION, **spec}
 
 def zoo_dir(name: str, max_steps: int | None = None) -> Path:
@@ -78,40 +93,67 @@ def file_lock(path: str | Path, # the lock file (created)
     finally: f.close()
 
 # %% ../nbs/3_pretraining/09b_zoo.ipynb #3adcbce4
+def zoo_corpora(spec: dict, # a zoo recipe (zoo_spec)
+               ) -> tuple[BPETokenizer, np.ndarray, dict[str, np.ndarray]]:
+    "(tokenizer, training token stream, validation streams per corpus) of a pretraining recipe: prose, plus tasks if the recipe asks."
+    docs, data = embedded_corpus(), spec.get('data', {})
+    tasks_train = task_corpus(data['task_docs'], seed=spec['seed']) if data.get('task_docs') else []
+    tok = BPETokenizer.train(split_docs(docs)[0] + tasks_train[:200], spec['model']['vocab_size'],
+                             special_tokens=[EOT, *data.get('special_tokens', [])])
+    train_ids, val_ids = corpus_tokens(tok, docs)
+    val = {'python-docs': val_ids}
+    if tasks_train:
+        held = make_tasks(160, 'heldout', seed=spec['seed'])                     # never in the training tasks
+        val['tasks'] = encode_docs(['\n\n'.join(task_text(t) for t in held[i:i + 8]) for i in range(0, len(held), 8)], tok)
+        train_ids = np.concatenate([train_ids, encode_docs(tasks_train, tok)])  # windows are drawn from both, by size
+    return tok, train_ids, val
+
+def _pretrain_zoo_model(spec: dict, verbose: bool) -> tuple[GPT, BPETokenizer, dict]:
+    "Pretrain a zoo recipe from scratch on its corpora; (model, tokenizer, metadata)."
+    seed_everything(spec['seed'])
+    tok, train_ids, val = zoo_corpora(spec)
+    config = getattr(GPTConfig, spec['arch'])(**spec['model'])
+    model = GPT(config)
+    cfg = TrainConfig(**spec['train'], seed=spec['seed'], device='cpu', dtype='float32')
+    data = RandomWindows(train_ids, cfg.batch_size, config.context_len, seed=cfg.seed)
+    state = train(model, data, cfg, val=val['python-docs'], callbacks=[ProgressBar(f"training {spec['name']}")] if verbose else [])
+    per_corpus = {k: evaluate(model, v)['loss'] for k, v in val.items()} if len(val) > 1 else {'python-docs': state.evals[-1]['loss']}
+    meta = {'val_loss': state.evals[-1]['loss'], 'val_ppl': state.evals[-1]['ppl'], 'val_loss_per_corpus': per_corpus,
+            'unigram_val_loss': unigram_loss(train_ids, val['python-docs'], tok.vocab_size), 'train_loss': state.history[-1]['loss'],
+            'tokens_seen': state.tokens, 'corpus_tokens': {'train': len(train_ids), **{f'val {k}': len(v) for k, v in val.items()}},
+            'train_config': asdict(cfg), 'evals': state.evals, 'losses': [h['loss'] for h in state.history]}
+    return model, tok, meta
+
 def train_zoo_model(name: str, # a key of ZOO
                     folder: str | Path, # where to write the model (replaced atomically)
                     max_steps: int | None = None, # override the training steps
                     verbose: bool = True, # progress bar and a summary line
                    ) -> dict:
-    "Train zoo model `name` from its recipe on the embedded corpus (CPU, seeded) and save it to `folder`; returns its metadata."
+    "Train zoo model `name` from its recipe (CPU, seeded) and save it to `folder`; returns its metadata."
     spec, folder = zoo_spec(name, max_steps), Path(folder)
     t0 = time.perf_counter()
-    seed_everything(spec['seed'])
-    docs = embedded_corpus()
-    tok = BPETokenizer.train(split_docs(docs)[0], spec['model']['vocab_size'])
-    train_ids, val_ids = corpus_tokens(tok, docs)
-    config = getattr(GPTConfig, spec['arch'])(**spec['model'])
-    model = GPT(config)
-    cfg = TrainConfig(**spec['train'], seed=spec['seed'], device='cpu', dtype='float32')
-    data = RandomWindows(train_ids, cfg.batch_size, config.context_len, seed=cfg.seed)
-    state = train(model, data, cfg, val=val_ids, callbacks=[ProgressBar(f'training {name}')] if verbose else [])
-    meta = {'name': name, 'spec': spec, 'val_loss': state.evals[-1]['loss'], 'val_ppl': state.evals[-1]['ppl'],
-            'unigram_val_loss': unigram_loss(train_ids, val_ids, tok.vocab_size), 'train_loss': state.history[-1]['loss'],
-            'params': model.num_params(), 'train_seconds': round(time.perf_counter() - t0, 2), 'tokens_seen': state.tokens,
-            'corpus_tokens': {'train': len(train_ids), 'val': len(val_ids)}, 'config': asdict(config), 'train_config': asdict(cfg),
-            'seed': spec['seed'], 'evals': state.evals, 'losses': [h['loss'] for h in state.history],
-            'torch': torch.__version__, 'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    if 'trainer' in spec:  # a recipe of a later chapter (e.g. SFT, chapter 12): imported here, lazily, never at module level
+        module, fn = spec['trainer'].split(':')
+        model, tok, meta = getattr(importlib.import_module(module), fn)(spec, max_steps, verbose)
+    else: model, tok, meta = _pretrain_zoo_model(spec, verbose)
+    meta = {'name': name, 'spec': spec, **meta, 'params': model.num_params(), 'train_seconds': round(time.perf_counter() - t0, 2),
+            'config': asdict(model.config), 'seed': spec['seed'], 'torch': torch.__version__,
+            'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    _save_zoo_folder(folder, model, tok, meta)
+    if verbose: print(f"{name}: {meta['params']:,} parameters, validation loss {meta['val_loss']:.3f} "
+                      f"after {meta['train_seconds']:.0f} s; cached in {folder}", file=sys.stderr)
+    return meta
+
+def _save_zoo_folder(folder: Path, model: GPT, tok: BPETokenizer, meta: dict):
+    "Write config.json, model.safetensors, tokenizer.json and meta.json to `folder`, atomically (complete or absent)."
     tmp = folder.with_name(f'.{folder.name}.tmp-{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(model, tmp / 'model.safetensors'); tok.save(tmp / 'tokenizer.json')
-    (tmp / 'config.json').write_text(json.dumps({'llm_lab': 'GPTConfig', **asdict(config)}, indent=1))  # GPT.from_pretrained reads it
+    (tmp / 'config.json').write_text(json.dumps({'llm_lab': 'GPTConfig', **asdict(model.config)}, indent=1))  # GPT.from_pretrained reads it
     (tmp / 'meta.json').write_text(json.dumps(meta, indent=1))
     if folder.exists(): shutil.rmtree(folder)
-    os.replace(tmp, folder)                                    # the folder appears complete, or not at all
-    if verbose: print(f"{name}: {meta['params']:,} parameters, validation loss {meta['val_loss']:.3f} "
-                      f"(unigram {meta['unigram_val_loss']:.3f}) after {meta['train_seconds']:.0f} s; cached in {folder}", file=sys.stderr)
-    return meta
+    os.replace(tmp, folder)
 
 # %% ../nbs/3_pretraining/09b_zoo.ipynb #37ab255d
 def _ready(folder: Path, spec: dict) -> bool:
@@ -119,7 +161,7 @@ def _ready(folder: Path, spec: dict) -> bool:
     except (OSError, json.JSONDecodeError): return False
     return meta.get('spec') == spec and all((folder / f).exists() for f in ('config.json', 'model.safetensors', 'tokenizer.json'))
 
-def pretrained(name: str = 'tiny-gpt2', # a key of ZOO: 'tiny-gpt2' or 'tiny-llama'
+def pretrained(name: str = 'tiny-gpt2', # a key of ZOO: 'tiny-gpt2', 'tiny-llama', 'small-gpt2', 'small-gpt2-sft'
                device: str | torch.device = 'cpu', # where to put the model
                max_steps: int | None = None, # a reduced-steps variant (cached separately), for tests
                retrain: bool = False, # train again even if cached
