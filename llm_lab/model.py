@@ -359,7 +359,7 @@ class GPT(nn.Module):
 _is_compiling = getattr(torch.compiler, 'is_compiling', lambda: False)  # True while torch.compile traces
 
 def check_token_ids(ids: torch.Tensor, # integer ids, any shape
-                    vocab_size: int, # valid ids are 0..vocab_size-1
+                    vocab_size: int, # valid ids are 0..vocab_size-1 (or positions below context_len)
                     what: str = 'token id', # how the error names them
                     ignore_index: int | None = None, # a value that is allowed as well (e.g. -100 in targets)
                     force: bool = False, # check even on an accelerator
@@ -370,7 +370,7 @@ def check_token_ids(ids: torch.Tensor, # integer ids, any shape
     if not (force or ids.device.type == 'cpu' or os.environ.get('LLM_LAB_DEBUG') == '1'): return
     bad = (ids < 0) | (ids >= vocab_size)
     if ignore_index is not None: bad &= ids != ignore_index
-    if bad.any(): raise ValueError(f"{what} {int(ids[bad][0])} is outside the model's vocabulary [0, {vocab_size}){hint}")
+    if bad.any(): raise ValueError(f"{what} {int(ids[bad][0])} is outside [0, {vocab_size}){hint}")
 
 def _check_idx(self: GPT, idx, pos: int = 0, force: bool = False):
     "Validate a batch of token ids (B, T) against the config; `pos` tokens are already cached."
@@ -382,8 +382,8 @@ def _check_idx(self: GPT, idx, pos: int = 0, force: bool = False):
     if pos + T > ctx:
         raise ValueError(f"sequence of {T} tokens{f' after {pos} cached' if pos else ''} is longer than the model's "
                          f"context_len={ctx}; crop it, e.g. idx[:, -{ctx}:]")
-    check_token_ids(idx, V, force=force, hint=f": the tokenizer and the model disagree on the vocabulary (tokenizer vocab size "
-                                              f"must be <= config.vocab_size={V})")
+    check_token_ids(idx, V, force=force, hint=f", the model's vocabulary: the tokenizer and the model disagree on the vocabulary "
+                                              f"(tokenizer vocab size must be <= config.vocab_size={V})")
 
 def _check_positions(self: GPT, token_positions, idx):
     "token_positions must be integer (T,) or (B, T) positions below context_len."
@@ -393,7 +393,7 @@ def _check_positions(self: GPT, token_positions, idx):
         raise ValueError(f"token_positions must be an integer tensor of shape (T,) or (B, T) = ({B}, {T}), got "
                          f"{token_positions.dtype if isinstance(token_positions, torch.Tensor) else type(token_positions).__name__} "
                          f"{tuple(getattr(token_positions, 'shape', ()))}")
-    check_token_ids(token_positions, self.config.context_len, what='position')
+    check_token_ids(token_positions, self.config.context_len, what='position', hint=f" (context_len={self.config.context_len})")
 
 def _hidden(self: GPT, idx: torch.Tensor, # (B, T) token ids
             kv_cache: KVCache | None = None,
@@ -425,7 +425,7 @@ def _forward(self: GPT, idx: torch.Tensor, # (B, T) token ids
         raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(getattr(targets, 'shape', ()))}")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be integer token ids (-100 = ignore), got dtype {targets.dtype}: pass ids, not probabilities")
-    check_token_ids(targets, self.config.vocab_size, what='target id', ignore_index=-100, hint=' (and is not the ignore index -100)')
+    check_token_ids(targets, self.config.vocab_size, what='target id', ignore_index=-100, hint=", the model's vocabulary (and is not the ignore index -100)")
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
     return logits, loss
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .core import seed_everything, embedded_corpus, subplots, check_function
 from .attention import Attention, scaled_dot_product_attention, merge_heads
-from .model import RotaryEmbedding, sinusoidal_positions
+from .model import RotaryEmbedding, sinusoidal_positions, check_token_ids
 
 # %% auto #0
 __all__ = ['POSITIONS', 'VariantConfig', 'alibi_slopes', 'alibi_bias', 't5_bucket', 'T5RelativeBias', 'allowed_mask',
@@ -158,20 +158,21 @@ class VariantLM(nn.Module):
         for m in self.modules():                                    # GPT-2's initialisation: small weights, zero biases
             if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, 0.0, 0.02)
             if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
+        if cfg.pos == 'sinusoidal':   # the original Transformer: embeddings × √d (in embed) at the sine table's unit scale
+            nn.init.normal_(self.tok_emb.weight, 0.0, cfg.d_model ** -0.5)
 
 # %% ../nbs/2_transformers/07_variants.ipynb #6f8e7721
 def _embed(self: VariantLM, idx: torch.Tensor, offset: int) -> torch.Tensor:
     "Token embeddings plus absolute positions (learned or sinusoidal) for positions offset..offset+T-1: (B, T, d)."
     cfg, T = self.cfg, idx.shape[1]
-    if idx.max() >= cfg.vocab_size or idx.min() < 0:
-        raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
+    check_token_ids(idx, cfg.vocab_size)   # values only where that costs no device sync (see chapter 6)
     x = self.tok_emb(idx)
     if cfg.pos == 'learned':
         if offset + T > cfg.context_len:
             raise ValueError(f"learned positions exist only for {cfg.context_len} positions, got up to {offset + T}: "
                              "a learned table cannot extrapolate (use sinusoidal, rope, alibi or t5)")
         x = x + self.pos_emb(torch.arange(offset, offset + T, device=idx.device))
-    if cfg.pos == 'sinusoidal': x = x + self.pe[offset:offset + T]
+    if cfg.pos == 'sinusoidal': x = x * math.sqrt(cfg.d_model) + self.pe[offset:offset + T]  # both at unit scale
     return x
 
 def _bias(self: VariantLM, t_q: int, t_k: int, offset: int):
@@ -364,24 +365,64 @@ def plot_alibi_reach(n_head: int = 8, distance: int = 64, ax=None):
     return ax
 
 # %% ../nbs/2_transformers/07_variants.ipynb #12459baf
-def check_alibi_slopes(fn, trials: int = 10):
-    "Check a learner's `fn(n_head) -> (n_head,) slopes` against ALiBi's, for random head counts 1..32."
-    return check_function('ALiBi slopes', fn, alibi_slopes, lambda g: (int(torch.randint(1, 33, (1,), generator=g)),),
-                          trials=trials, atol=1e-7, rtol=1e-6)
+def _pow2_slopes(n_head):
+    "Slopes 2^(−8(i+1)/n) for every n, ignoring the paper's interleaving for non-powers of two."
+    return torch.tensor([2 ** (-8 * (i + 1) / n_head) for i in range(n_head)])
 
-def check_t5_bucket(fn, trials: int = 10):
+def check_alibi_slopes(fn, # your fn(n_head) -> (n_head,) slopes
+                       trials: int = 10, **kwargs): # passed to check_function (seed, raise_on_fail)
+    "Check a learner's `fn(n_head) -> (n_head,) slopes` against ALiBi's, for random head counts 1..32."
+    same = lambda a, b: isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-5)
+    hints = [(lambda got, want, a: same(got, torch.tensor([2 ** (-8 * i / a[0]) for i in range(a[0])])),
+              "the first head's slope is 2^(−8/n), not 1: the exponents are −8(i+1)/n for i = 0..n−1"),
+             (lambda got, want, a: same(got, _pow2_slopes(a[0])),
+              "for a head count that is not a power of two, take the slopes of the largest power of two below it, then every other slope "
+              "of twice that power (the paper's interleaving)")]
+    return check_function('ALiBi slopes', fn, alibi_slopes, lambda g: (int(torch.randint(1, 33, (1,), generator=g)),),
+                          trials=trials, atol=1e-7, rtol=1e-6, hints=hints, **kwargs)
+
+def _t5_mistake(rel, bidirectional, n_buckets, max_distance, clamp=True, rounding=False):
+    "T5's bucketing with the last-bucket clamp left out, or the log bucket rounded instead of truncated."
+    bucket = torch.zeros_like(rel, dtype=torch.long)
+    if bidirectional: n_buckets //= 2; bucket += (rel > 0).long() * n_buckets; dist = rel.abs()
+    else: dist = (-rel).clamp(min=0)
+    exact = n_buckets // 2
+    lb = torch.log(dist.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (n_buckets - exact)
+    lb = exact + (lb.round() if rounding else lb).long()
+    return bucket + torch.where(dist < exact, dist, lb.clamp(max=n_buckets - 1) if clamp else lb)
+
+def check_t5_bucket(fn, # your fn(rel, bidirectional, n_buckets, max_distance) -> bucket ids
+                    trials: int = 10, **kwargs):
     "Check a learner's `fn(rel, bidirectional, n_buckets, max_distance)` against T5's bucketing on random settings."
     def inputs(g):
         nb = int(torch.randint(2, 9, (1,), generator=g)) * 4
         md = nb + int(torch.randint(1, 200, (1,), generator=g))
         rel = torch.randint(-400, 400, (5, 40), generator=g)
         return rel, bool(torch.randint(0, 2, (1,), generator=g)), nb, md
-    return check_function('T5 relative buckets', fn, t5_bucket, inputs, trials=trials)
+    same = lambda a, b: isinstance(a, torch.Tensor) and a.shape == b.shape and torch.equal(a.long(), b.long())
+    hints = [(lambda got, want, a: same(got, t5_bucket(-a[0], *a[1:])),
+              "rel is key position − query position: a key to the right of its query has rel > 0"),
+             (lambda got, want, a: same(got, t5_bucket(a[0], not a[1], *a[2:])),
+              "bidirectional=True splits the buckets into a half for keys on the left and a half for keys on the right; "
+              "bidirectional=False gives all of them to keys on the left (keys on the right: bucket 0)"),
+             (lambda got, want, a: same(got, _t5_mistake(*a, clamp=False)),
+              "distances from max_distance on all share the last bucket: clamp the logarithmic bucket to (half the) n_buckets − 1"),
+             (lambda got, want, a: same(got, _t5_mistake(*a, rounding=True)),
+              "truncate the logarithmic bucket toward zero (.long()), don't round it")]
+    return check_function('T5 relative buckets', fn, t5_bucket, inputs, trials=trials, hints=hints, **kwargs)
 
-def check_window_mask(fn, trials: int = 10):
-    "Check a learner's `fn(t, window, causal) -> (t, t) bool` sliding-window mask."
+def check_window_mask(fn, # your fn(t, window, causal) -> (t, t) bool mask, True = may attend
+                      trials: int = 10, **kwargs):
+    "Check a learner's `fn(t, window, causal) -> (t, t) bool` sliding-window mask (rows are queries, columns keys)."
     def ref(t, window, causal): return allowed_mask(VariantConfig(causal=causal, window=window), t, t)
     def inputs(g):
-        t = int(torch.randint(1, 40, (1,), generator=g))
+        t = int(torch.randint(2, 40, (1,), generator=g))
         return t, int(torch.randint(1, t + 2, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))
-    return check_function('sliding-window mask', fn, ref, inputs, trials=trials)
+    def d(t): return torch.arange(t)[:, None] - torch.arange(t)[None, :]     # query − key
+    same = lambda a, b: isinstance(a, torch.Tensor) and a.shape == b.shape and torch.equal(a.bool(), b)
+    hints = [(lambda got, want, a: same(got, (d(a[0]).abs() <= a[1]) & ((d(a[0]) >= 0) if a[2] else True)),
+              "a window of w keeps distances 0 … w−1: |i − j| < window, not <="),
+             (lambda got, want, a: a[2] and same(got, ref(a[0], a[1], False)), "with causal=True also hide the keys after the query (j > i)"),
+             (lambda got, want, a: a[2] and same(got, ref(a[0], a[1], True).T), "rows are queries and columns keys: causal keeps j <= i (the lower triangle)"),
+             (lambda got, want, a: same(got, ref(a[0], None, a[2])), "keep only the keys closer than `window` to the query")]
+    return check_function('sliding-window mask', fn, ref, inputs, trials=trials, hints=hints, **kwargs)
