@@ -313,10 +313,13 @@ def _mha(x, w_qkv, w_o, n_head, diagonal=0, heads='(h d)', merged='(h d)', scale
     "Causal multi-head self-attention written out, with switches for the usual mistakes (the defaults are right)."
     d_model, T = x.shape[-1], x.shape[1]
     q, k, v = (x @ w_qkv.T).split(d_model, dim=-1)                                   # (B, T, d) ×3
-    q, k, v = (rearrange(t, f'b t {heads} -> b h t d', h=n_head) for t in (q, k, v))  # (B, H, T, D)
+    split = ((lambda t: t.reshape(t.shape[0], n_head, T, -1)) if heads == 'view' else  # (mistake: no transpose)
+             (lambda t: rearrange(t, f'b t {heads} -> b h t d', h=n_head)))
+    q, k, v = map(split, (q, k, v))                                                 # (B, H, T, D)
     allowed = torch.ones(T, T, dtype=torch.bool).tril(diagonal)                     # (T, T)
     y = _masked_softmax_attention(q, k, v, allowed, q.shape[-1] ** -0.5 if scale is None else scale, dim)  # (B, H, T, D)
-    return rearrange(y, f'b h t d -> b t {merged}', h=n_head) @ w_o.T               # (B, T, d)
+    y = y.reshape(y.shape[0], T, d_model) if merged == 'view' else rearrange(y, f'b h t d -> b t {merged}', h=n_head)
+    return y @ w_o.T                                                                # (B, T, d)
 
 def check_causal_self_attention(fn, # your fn(x, w_qkv, w_o, n_head) -> (B, T, d_model)
                                 trials: int = 10, **kwargs, # passed to check_function (seed, raise_on_fail)
@@ -334,8 +337,11 @@ def check_causal_self_attention(fn, # your fn(x, w_qkv, w_o, n_head) -> (B, T, d
         (like(diagonal=-1), "off-by-one causal mask: the diagonal is masked, but a token may attend to itself (keys j <= i)"),
         (like(diagonal=1), "off-by-one causal mask: each token also sees the next one; keys j > i (the future) must be masked"),
         (like(diagonal=10**6), "no causal mask: token i must not attend to keys j > i"),
-        (like(heads='(d h)'), "heads split in the wrong order: head h owns channels h*D .. h*D+D-1, i.e. 'b t (h d) -> b h t d'"),
-        (like(merged='(d h)'), "heads merged in the wrong order: concatenate the heads, 'b h t d -> b t (h d)'"),
+        (lambda got, want, a: any(_close(got, _mha(*a, heads=h, merged=m)) for h in ('(d h)', 'view') for m in ('(h d)', '(d h)', 'view')),
+         "heads split in the wrong order: head h owns channels h*D .. h*D+D-1 of every token, i.e. 'b t (h d) -> b h t d' "
+         "(a plain .view(B, H, T, D) without a transpose mixes tokens and heads)"),
+        (lambda got, want, a: _close(got, _mha(*a, merged='(d h)')) or _close(got, _mha(*a, merged='view')),
+         "heads merged in the wrong order: concatenate the heads per token, 'b h t d -> b t (h d)' (transpose before the view)"),
         (lambda got, want, a: _close(got, _mha(*a, scale=a[0].shape[-1] ** -0.5)),
          "scaled by 1/√d_model: the scale is 1/√d_head, with d_head = d_model / n_head"),
         (like(scale=1.0), "missing 1/√d: divide the scores by √d_head before the softmax"),

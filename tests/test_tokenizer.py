@@ -236,7 +236,7 @@ def test_compression_close_to_hf(docs, hf_trained):
     ours = BPETokenizer.train(docs[:40], vocab_size=700)
     held = docs[60:70]
     hf_bpt = sum(len(d.encode()) for d in held) / sum(len(hf.encode(d).ids) for d in held)
-    assert abs(bytes_per_token(ours, held) - hf_bpt) < 0.05 * hf_bpt
+    assert abs(bytes_per_token(ours, held) - hf_bpt) < 4e-3 * hf_bpt  # measured 0.1%: only tie-breaking differs
 
 
 # ---------------------------------------------------------------- widget
