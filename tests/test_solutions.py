@@ -52,7 +52,7 @@ def stub_names(nb: Path) -> set:
     for c in cells:
         src = ''.join(c['source'])
         if c['cell_type'] == 'code' and 'NotImplementedError' in src:
-            names |= set(re.findall(r'^(?:def|class) (my_\w+)', src, flags=re.M))
+            names |= set(re.findall(r'^(?:def|class) (my_\w+|My\w+)', src, flags=re.M))
     return names
 
 
