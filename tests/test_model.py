@@ -225,11 +225,10 @@ def test_value_checks_policy(monkeypatch):
 def test_one_graph_under_torch_compile():
     "No host sync or data-dependent branch in the forward pass: dynamo captures it in one graph (it broke in 2 before)."
     torch._dynamo.reset()
-    for c in (GPTConfig.llama(vocab_size=50, context_len=16, n_layer=1, n_head=2, d_model=16),
-              GPTConfig.gpt2(vocab_size=50, context_len=16, n_layer=1, n_head=2, d_model=16, pos='sinusoidal')):
-        idx = torch.randint(0, 50, (2, 8))
-        explained = torch._dynamo.explain(GPT(c))(idx, idx)
-        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    c = GPTConfig.llama(vocab_size=50, context_len=16, n_layer=1, n_head=2, d_model=16)
+    idx = torch.randint(0, 50, (2, 8))
+    explained = torch._dynamo.explain(GPT(c))(idx, idx)   # with targets: the loss's checks are traced too
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     torch._dynamo.reset()
 
 

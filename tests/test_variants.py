@@ -4,16 +4,16 @@ import pytest, torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-from llm_lab.core import CheckFailed
+from conftest import require
 from llm_lab.attention import scaled_dot_product_attention
 from llm_lab.variants import (VariantConfig, VariantLM, alibi_slopes, alibi_bias, t5_bucket, T5RelativeBias, allowed_mask,
                               score_mask, banded_attention, mask_tokens, topic_task, xl_loss, corpus_bytes, eval_loss,
-                              check_alibi_slopes, check_t5_bucket, check_window_mask, POSITIONS)
+                              plot_alibi_reach, POSITIONS)
 
 
 @pytest.mark.parametrize('n_head', [1, 2, 3, 5, 8, 12, 16, 20, 32])
 def test_alibi_slopes_match_bloom(n_head):
-    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+    _get_alibi_slopes = require('transformers.models.bloom.modeling_bloom')._get_alibi_slopes
     torch.testing.assert_close(alibi_slopes(n_head), _get_alibi_slopes(n_head, 'cpu'), rtol=1e-6, atol=0)
 
 
@@ -26,7 +26,7 @@ def test_alibi_bias_is_linear_in_distance():
 
 @given(st.integers(1, 16).map(lambda x: 2 * x), st.integers(1, 300), st.booleans(), st.integers(0, 2**31 - 1))
 def test_t5_bucket_matches_transformers(half_buckets, extra, bidirectional, seed):
-    from transformers.models.t5.modeling_t5 import T5Attention
+    T5Attention = require('transformers.models.t5.modeling_t5').T5Attention
     n_buckets = 2 * half_buckets
     max_distance = n_buckets + extra
     rel = torch.randint(-1000, 1000, (7, 31), generator=torch.Generator().manual_seed(seed))
@@ -89,7 +89,7 @@ def test_no_position_plumbing_matches_torch(pos):
     bias = m.bias(12, 12, 0)
     mask = score_mask(m.cfg, 12, 12, 0, bias)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask=mask), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask=mask), ref, atol=1e-6, rtol=1e-6)
 
 
 def test_causal_model_ignores_the_future():
@@ -145,30 +145,18 @@ def test_eval_loss_reads_the_same_bytes():
     assert math.isfinite(eval_loss(m, data, 32, n_bytes=2048)) and math.isfinite(eval_loss(m, data, 256, n_bytes=2048))
 
 
-# ---------------------------------------------------------------- checkers reject wrong answers
-def test_checkers_accept_references():
-    assert check_alibi_slopes(alibi_slopes).ok and check_t5_bucket(t5_bucket).ok
-    assert check_window_mask(lambda t, w, c: allowed_mask(VariantConfig(causal=c, window=w), t, t)).ok
+def test_sinusoidal_embeddings_at_the_table_scale():
+    "Token embeddings × √d at unit scale, like the sine table (a 0.02-scale embedding drowned in it and barely learned)."
+    m = VariantLM(VariantConfig(pos='sinusoidal'))
+    idx = torch.randint(0, 256, (4, 64))
+    tok = m.embed(idx, 0) - m.pe[:64]
+    ratio = tok.pow(2).mean().sqrt().item() / m.pe[:64].pow(2).mean().sqrt().item()
+    assert 0.5 < ratio < 2, ratio
 
 
-def test_alibi_checker_rejects_wrong_slopes():
-    with pytest.raises(CheckFailed): check_alibi_slopes(lambda n: torch.tensor([2 ** (-8 * i / n) for i in range(n)]))  # off by one
-    def pow2_only(n): return torch.tensor([2 ** (-8 * (i + 1) / n) for i in range(n)])  # ignores the interleaving
-    with pytest.raises(CheckFailed): check_alibi_slopes(pow2_only, trials=30)
-
-
-def test_t5_checker_rejects_wrong_buckets():
-    def no_direction(rel, bidirectional, n, md): return t5_bucket(rel.abs() * -1, False, n, md)
-    with pytest.raises(CheckFailed): check_t5_bucket(no_direction, trials=20)
-    def linear(rel, bidirectional, n, md): return rel.abs().clamp(max=n - 1)
-    with pytest.raises(CheckFailed): check_t5_bucket(linear)
-
-
-def test_window_checker_rejects_wrong_masks():
-    def inclusive(t, w, c):
-        d = torch.arange(t)[:, None] - torch.arange(t)[None]
-        ok = d.abs() <= w
-        return ok & (d >= 0) if c else ok
-    with pytest.raises(CheckFailed): check_window_mask(inclusive)
-    def ignores_causal(t, w, c): return allowed_mask(VariantConfig(causal=False, window=w), t, t)
-    with pytest.raises(CheckFailed): check_window_mask(ignores_causal, trials=20)
+def test_plot_alibi_reach():
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    ax = plot_alibi_reach(4, 32)
+    assert len(ax.lines) == 4 and ax.get_title() == 'ALiBi with 4 heads'
+    plt.close('all')
