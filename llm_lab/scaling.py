@@ -11,16 +11,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .core import cache_dir, seed_everything, embedded_corpus, subplots, check_function, CheckReport
+from .core import cache_dir, seed_everything, embedded_corpus, subplots, check_function, CheckReport, CheckFailed, not_attempted
 from .model import GPT, GPTConfig
 from .tokenizer import BPETokenizer
 from .data import RandomWindows
 from .train import TrainConfig, Callback, train, evaluate, split_docs, corpus_tokens
 
 # %% auto #0
-__all__ = ['CHINCHILLA', 'SCALING_VERSION', 'scaling_law', 'huber', 'ScalingFit', 'fit_scaling_law', 'RunSpec',
+__all__ = ['CHINCHILLA', 'BESIROGLU', 'SCALING_VERSION', 'scaling_law', 'huber', 'ScalingLaw', 'fit_scaling_law', 'RunSpec',
            'non_embedding_params', 'EvalAt', 'scaling_tokens', 'run_scaling', 'scaling_grid', 'plot_scaling_fit',
-           'plot_isoflop', 'epochs_experiment', 'check_scaling_law', 'check_compute_optimal', 'check_huber']
+           'plot_isoflop', 'epochs_experiment', 'check_scaling_law', 'check_compute_optimal', 'check_huber',
+           'check_fit_scaling_law']
 
 # %% ../nbs/3_pretraining/10_scaling.ipynb #5c9487ed
 def scaling_law(N, D, # parameters and training tokens (scalars or arrays)
@@ -38,30 +39,39 @@ def huber(r, # residuals
     return np.where(r <= delta, 0.5 * r ** 2, delta * (r - 0.5 * delta))
 
 # %% ../nbs/3_pretraining/10_scaling.ipynb #2dc93dcb
-@dataclass
-class ScalingFit:
-    "The constants of L(N, D) = E + A/N^alpha + B/D^beta, and what they imply."
+@dataclass(frozen=True)
+class ScalingLaw:
+    "L(N, D) = E + A/N^alpha + B/D^beta (loss in nats per token): published constants with their source, or our fit."
     E: float
     A: float
     B: float
     alpha: float
     beta: float
+    source: str = ''                # where the constants come from ('' for a fit of ours)
     objective: float | None = None  # the summed Huber loss at the optimum (None: not fitted by us)
 
-    def loss(self, N, D): return scaling_law(N, D, self.E, self.A, self.B, self.alpha, self.beta)
+    def loss(self, N, D): # parameters and training tokens (scalars or arrays, > 0)
+        "Predicted loss (nats/token) of a model with N parameters trained on D tokens."
+        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+        if (N <= 0).any() or (D <= 0).any(): raise ValueError(f"N and D must be > 0, got N={N}, D={D}")
+        return scaling_law(N, D, self.E, self.A, self.B, self.alpha, self.beta)
 
-    def optimal(self, C, # training compute in FLOPs (≈ 6·N·D)
+    def optimal(self, C, # training compute in FLOPs (≈ 6·N·D), scalar or array, > 0
                ) -> tuple:
         "The compute-optimal (N, D) for budget C: N = G·(C/6)^(β/(α+β)), D = (C/6)/N, G = (αA/(βB))^(1/(α+β))."
+        C = np.asarray(C, dtype=float)
+        if (C <= 0).any() or not np.isfinite(C).all(): raise ValueError(f"C (FLOPs) must be finite and > 0, got {C}")
         a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
         G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
-        C = np.asarray(C, dtype=float)
         return G * (C / 6) ** a, (C / 6) ** b / G
 
     def __repr__(self):
-        return f"ScalingFit(E={self.E:.3g}, A={self.A:.4g}, B={self.B:.4g}, alpha={self.alpha:.3g}, beta={self.beta:.3g})"
+        return f"ScalingLaw(E={self.E:.3g}, A={self.A:.4g}, B={self.B:.4g}, alpha={self.alpha:.3g}, beta={self.beta:.3g})"
 
-CHINCHILLA = ScalingFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022, approach 3
+CHINCHILLA = ScalingLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28,
+                        source='Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", approach 3 (Sec. 3.3, eq. 10)')
+BESIROGLU = ScalingLaw(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658,
+                       source='Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt", Table 1 (their fit to Hoffmann et al.\'s data)')
 
 # %% ../nbs/3_pretraining/10_scaling.ipynb #494ed970
 _INIT_GRIDS = {  # initialisations of (alpha, beta, e, a, b); 'chinchilla' is the paper's grid
@@ -89,7 +99,7 @@ def _one_blas_thread():
 def fit_scaling_law(N, D, L, # parameters, tokens and final losses of the runs (1-D, same length)
                     delta: float = 1e-3, # Huber threshold on log-space residuals
                     grid: str | dict = 'coarse', # initialisations: 'coarse', 'chinchilla' (4500 starts) or a dict of lists
-                   ) -> ScalingFit:
+                   ) -> ScalingLaw:
     "Fit E, A, B, alpha, beta to runs (N, D, L) as in Chinchilla's approach 3: Huber on log residuals, L-BFGS from a grid."
     from scipy.optimize import minimize
     N, D, L = (np.asarray(x, dtype=float).ravel() for x in (N, D, L))
@@ -105,7 +115,7 @@ def fit_scaling_law(N, D, L, # parameters, tokens and final losses of the runs (
             res = minimize(_objective, start, args=(logN, logD, logL, delta), jac=True, method='L-BFGS-B', bounds=bounds)
             if best is None or res.fun < best.fun: best = res
     alpha, beta, e, a, b = best.x
-    return ScalingFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(alpha), beta=float(beta), objective=float(best.fun))
+    return ScalingLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(alpha), beta=float(beta), objective=float(best.fun))
 
 # %% ../nbs/3_pretraining/10_scaling.ipynb #cfa97e58
 SCALING_VERSION = 1
@@ -130,9 +140,22 @@ class RunSpec:
     def config(self) -> GPTConfig:
         return GPTConfig.gpt2(vocab_size=self.vocab_size, context_len=self.context_len, n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model)
 
-def non_embedding_params(config: GPTConfig) -> int:
-    "Parameters outside the token and position embeddings (Kaplan et al.'s N)."
-    return GPT(config).num_params(non_embedding=True) - (config.vocab_size * config.d_model if config.tie_embeddings else 0)
+def non_embedding_params(config, # a GPTConfig, or anything with its numbers (the cost chapter's ModelSpec)
+                        ) -> int:
+    "Parameters outside the token and position embedding tables (the output head counts: it is a matmul on every token, tied or not)."
+    g = lambda k, default=None: getattr(config, k, default)
+    d, L, V = config.d_model, config.n_layer, config.vocab_size
+    hd = g('head_dim') or d // config.n_head                    # d_h
+    q, kv = config.n_head * hd, (g('n_kv_head') or config.n_head) * hd
+    glu = g('glu') if g('glu') is not None else g('mlp', 'gelu') == 'swiglu'
+    ff = g('d_ff') or (32 * math.ceil(8 * d / 3 / 32) if glu else 4 * d)
+    bias = bool(g('bias', False))
+    norm_bias = g('norm_bias') if g('norm_bias') is not None else bias and g('norm', 'layernorm') == 'layernorm'
+    attn = d * q + 2 * d * kv + q * d + (q + 2 * kv + d if bias else 0)            # Wq, Wk, Wv, Wo (+ biases)
+    mlp = (3 if glu else 2) * d * ff + (((2 if glu else 1) * ff + d) if bias else 0)  # up (+ gate), down (+ biases)
+    norm = d * (2 if norm_bias else 1)
+    return L * (attn + mlp + 2 * norm) + norm + V * d                             # blocks, final norm, head
+
 
 # %% ../nbs/3_pretraining/10_scaling.ipynb #125b5b56
 class EvalAt(Callback):
@@ -164,7 +187,9 @@ def run_scaling(spec: RunSpec, # what to train
                ) -> list[dict]:
     "Train (or load from the cache) one model size at every D of `spec`; returns one {'N', 'D', 'loss', ...} per D."
     path = cache_dir('scaling') / f'{spec.key()}.json'
-    if cache and path.exists(): return json.loads(path.read_text())['points']
+    N, N_total = non_embedding_params(spec.config), spec.config.num_params()
+    if cache and path.exists():  # N is recomputed, not read: the cache holds what was measured (losses), not definitions
+        return [{**p, 'N': N, 'N_total': N_total} for p in json.loads(path.read_text())['points']]
     train_ids, val_ids = scaling_tokens(spec.vocab_size)
     tokens_per_step = spec.batch_size * spec.context_len
     steps = [max(1, round(D / tokens_per_step)) for D in spec.tokens]
@@ -177,8 +202,7 @@ def run_scaling(spec: RunSpec, # what to train
         for s in steps:
             r = _train_run(spec, s, [s], False, train_ids, val_ids); results.append((s, r['losses'][s], r['seconds']))
     else: raise ValueError(f"mode must be 'checkpoints' or 'separate', got {spec.mode!r}")
-    N = non_embedding_params(spec.config)
-    points = [{'N': N, 'N_total': spec.config.num_params(), 'D': s * tokens_per_step, 'loss': loss, 'seconds': sec,
+    points = [{'N': N, 'N_total': N_total, 'D': s * tokens_per_step, 'loss': loss, 'seconds': sec,
                'd_model': spec.d_model, 'mode': spec.mode} for s, loss, sec in results]
     if cache: path.write_text(json.dumps({'spec': asdict(spec), 'points': points}, indent=1))
     return points
@@ -193,7 +217,7 @@ def scaling_grid(widths: Sequence[int] = (16, 32, 48, 64), # d_model of each mod
 
 # %% ../nbs/3_pretraining/10_scaling.ipynb #b8f0404d
 def plot_scaling_fit(points: list[dict], # from scaling_grid
-                     fit: ScalingFit, # the fitted law
+                     fit: ScalingLaw, # the fitted law
                      ax=None):
     "Measured loss against D for each model size (dots) and the fitted law (lines), log-x."
     if ax is None: _, ax = subplots()
@@ -209,8 +233,8 @@ def plot_scaling_fit(points: list[dict], # from scaling_grid
 
 # %% ../nbs/3_pretraining/10_scaling.ipynb #c6015ca5
 def plot_isoflop(log10_C: float = 12.0, # the training budget, log10 FLOPs
-                 fit: ScalingFit = CHINCHILLA, # the law to use
-                 other: ScalingFit | None = None, # a second law to overlay (dashed)
+                 fit: ScalingLaw = CHINCHILLA, # the law to use
+                 other: ScalingLaw | None = None, # a second law to overlay (dashed)
                  ax=None):
     "Loss along the iso-FLOP curve N·D = C/6 as a function of N, with the compute-optimal point marked."
     C = 10.0 ** log10_C
@@ -247,7 +271,7 @@ def epochs_experiment(n_train_tokens: int = 2048, # size of the repeated trainin
     out['epochs'] = [s * spec.batch_size * spec.context_len / n_train_tokens for s in out['steps']]
     return out
 
-# %% ../nbs/3_pretraining/10_scaling.ipynb #c4abad16
+# %% ../nbs/3_pretraining/10_scaling.ipynb #95813802
 def _rf(g, lo, hi): return float(lo + (hi - lo) * torch.rand(1, generator=g))
 
 def _random_law(g) -> tuple:
@@ -261,12 +285,21 @@ def check_scaling_law(fn: Callable, # your fn(N, D, E, A, B, alpha, beta) -> L (
         return (np.logspace(3, 10, n) * _rf(g, 0.5, 2), np.logspace(5, 12, n) * _rf(g, 0.5, 2), *_random_law(g))
     return check_function('scaling_law', lambda *a: np.asarray(fn(*a), dtype=float), scaling_law, make, trials=trials, atol=1e-9, rtol=1e-7, **kwargs)
 
+def _close(x, y, rtol=1e-6): return abs(float(x) / float(y) - 1) < rtol
+
 def check_compute_optimal(fn: Callable, # your fn(C, E, A, B, alpha, beta) -> (N_opt, D_opt)
                           trials: int = 10, **kwargs) -> CheckReport:
-    "Check a learner's compute-optimal (N, D) for budget C against the closed form of `ScalingFit.optimal`."
+    "Check a learner's compute-optimal (N, D) for budget C (C = 6ND) against the closed form of `ScalingLaw.optimal`."
     def make(g): return (10.0 ** _rf(g, 10, 25), *_random_law(g))
-    def ref(C, E, A, B, alpha, beta): return tuple(float(x) for x in ScalingFit(E, A, B, alpha, beta).optimal(C))
-    return check_function('compute_optimal', lambda *a: tuple(float(x) for x in fn(*a)), ref, make, trials=trials, atol=0, rtol=1e-6, **kwargs)
+    def ref(C, E, A, B, alpha, beta): return tuple(float(x) for x in ScalingLaw(E, A, B, alpha, beta).optimal(C))
+    def swapped(got, want, a):
+        C, E, A, B, al, be = a; G = (al * A / (be * B)) ** (1 / (al + be))
+        return _close(got[0], G * (C / 6) ** (al / (al + be)))
+    hints = [(lambda got, want, a: _close(got[0], ref(6 * a[0], *a[1:])[0]), 'the budget is C = 6·N·D: minimise along D = C/(6N), not D = C/N'),
+             (lambda got, want, a: _close(got[0], want[0]) and _close(got[1], a[0] / got[0]), 'N is right; D must use all of C = 6·N·D, so D = C/(6N)'),
+             (swapped, 'N* grows as C^(β/(α+β)) (the exponent of D over the sum): did you swap α and β?')]
+    return check_function('compute_optimal', lambda *a: tuple(float(x) for x in fn(*a)), ref, make, trials=trials, atol=0, rtol=1e-6,
+                          hints=hints, **kwargs)
 
 def check_huber(fn: Callable, # your fn(r, delta) -> elementwise Huber loss
                 trials: int = 10, **kwargs) -> CheckReport:
@@ -274,4 +307,49 @@ def check_huber(fn: Callable, # your fn(r, delta) -> elementwise Huber loss
     def make(g):
         delta = 10 ** _rf(g, -4, 0)
         return torch.randn(int(torch.randint(1, 30, (1,), generator=g)), generator=g).double().numpy() * delta * 3, delta
-    return check_function('huber', lambda r, d: np.asarray(fn(r, d), dtype=float), huber, make, trials=trials, atol=1e-12, rtol=1e-9, **kwargs)
+    hints = [(lambda got, want, a: np.allclose(got, 0.5 * a[0] ** 2), 'above delta the loss is linear: delta·(|r| − delta/2)'),
+             (lambda got, want, a: np.allclose(got, np.where(np.abs(a[0]) <= a[1], 0.5 * a[0] ** 2, a[1] * np.abs(a[0]))),
+              'the linear piece is delta·(|r| − delta/2): without − delta/2 the two pieces do not meet at |r| = delta')]
+    return check_function('huber', lambda r, d: np.asarray(fn(r, d), dtype=float), huber, make, trials=trials, atol=1e-12, rtol=1e-9,
+                          hints=hints, **kwargs)
+
+def _as_law(res) -> ScalingLaw:
+    if isinstance(res, ScalingLaw): return res
+    if isinstance(res, dict): return ScalingLaw(**{k: float(res[k]) for k in ('E', 'A', 'B', 'alpha', 'beta')})
+    E, A, B, alpha, beta = (float(x) for x in res)
+    return ScalingLaw(E, A, B, alpha, beta)
+
+def _synthetic_runs(law: ScalingLaw, g: torch.Generator, noise: float, logN=(6, 9), logD=(8, 11), n: int = 6):
+    "A grid of n x n runs whose losses follow `law` times exp(noise · standard normal)."
+    Ns, Ds = (x.ravel() for x in np.meshgrid(np.logspace(*logN, n), np.logspace(*logD, n)))
+    return Ns, Ds, law.loss(Ns, Ds) * np.exp(noise * torch.randn(Ns.size, generator=g, dtype=torch.float64).numpy())
+
+def check_fit_scaling_law(fn: Callable, # your fn(N, D, L) -> (E, A, B, alpha, beta) (or a ScalingLaw / dict)
+                          trials: int = 2, # synthetic data sets, each from different random constants
+                          noise: float = 0.002, # multiplicative noise on the losses
+                          rtol: float = 0.01, # accepted relative error of the predicted held-out losses
+                          seed: int | None = None, raise_on_fail: bool = True) -> CheckReport:
+    "Fit 36 synthetic runs drawn from known constants; the fit must predict held-out (N, D) losses within `rtol`."
+    g = torch.Generator().manual_seed(seed if seed is not None else int(np.random.SeedSequence().entropy % 2**31))
+    report = CheckReport('fit_scaling_law', trials)
+    for t in range(trials):
+        truth = ScalingLaw(E=_rf(g, 1.5, 3), A=_rf(g, 100, 1000), B=_rf(g, 100, 2000), alpha=_rf(g, 0.25, 0.5), beta=_rf(g, 0.25, 0.5))
+        N, D, L = _synthetic_runs(truth, g, noise)
+        where = f"trial {t + 1} (36 runs drawn from {truth!r} with {noise:.1%} noise)"
+        try: law = _as_law(fn(N.copy(), D.copy(), L.copy()))
+        except NotImplementedError: return not_attempted('fit_scaling_law')
+        except Exception as e: report.failure = f"{where}: your function raised {type(e).__name__}: {e}"; break
+        Nh, Dh = (x.ravel() for x in np.meshgrid(np.logspace(6.25, 8.75, 5), np.logspace(8.25, 10.75, 5)))  # between the runs
+        with np.errstate(all='ignore'): pred = scaling_law(Nh, Dh, law.E, law.A, law.B, law.alpha, law.beta)
+        err = float(np.max(np.abs(pred / truth.loss(Nh, Dh) - 1))) if np.all(np.isfinite(pred)) else float('inf')
+        if err > rtol:
+            hint = ''
+            if 0 < law.E < 10 and abs(math.exp(law.E) / truth.E - 1) < 0.2: hint = 'A and B look like log A and log B: return exp(a), exp(b), exp(e), not the log-space parameters'
+            elif abs(law.alpha - truth.beta) < 0.05 and abs(law.beta - truth.alpha) < 0.05: hint = 'alpha goes with N and beta with D: did you swap them?'
+            else: hint = ('the objective has local minima and flat ridges: fit log L with a Huber loss in log space and start L-BFGS '
+                          'from a grid of initialisations, keeping the best (as fit_scaling_law does)')
+            report.failure = f"{where}: your fit {law!r} predicts held-out losses off by up to {err:.2%} (expected < {rtol:.0%})\n   hint: {hint}"
+            break
+        report.passed += 1
+    if raise_on_fail and not report.ok: raise CheckFailed(str(report))
+    return report

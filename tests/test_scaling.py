@@ -7,8 +7,9 @@ import torch
 
 from llm_lab.core import CheckFailed
 from llm_lab.model import GPT
-from llm_lab.scaling import (scaling_law, huber, ScalingFit, CHINCHILLA, fit_scaling_law, _objective, RunSpec, run_scaling,
-                             non_embedding_params, check_scaling_law, check_compute_optimal, check_huber)
+from llm_lab.scaling import (scaling_law, huber, ScalingLaw, CHINCHILLA, BESIROGLU, fit_scaling_law, _objective, RunSpec, run_scaling,
+                             non_embedding_params)
+from llm_lab.model import GPTConfig
 
 def synthetic(law, noise, seed=0, n=7):
     rng = np.random.default_rng(seed)
@@ -31,7 +32,7 @@ def test_objective_gradient_matches_finite_differences():
     num = [(_objective(theta + eps * e, *args)[0] - _objective(theta - eps * e, *args)[0]) / (2 * eps) for e in np.eye(5)]
     assert np.allclose(g, num, rtol=1e-4, atol=1e-9)
 
-@pytest.mark.parametrize('law', [CHINCHILLA, ScalingFit(E=2.5, A=5000.0, B=900.0, alpha=0.45, beta=0.35)])
+@pytest.mark.parametrize('law', [CHINCHILLA, ScalingLaw(E=2.5, A=5000.0, B=900.0, alpha=0.45, beta=0.35)])
 def test_fit_recovers_known_constants(law):
     N, D, L = synthetic(law, 0.005, seed=1)
     fit = fit_scaling_law(N, D, L)
@@ -66,8 +67,8 @@ def test_run_is_cached(tmp_path, monkeypatch):
     pts = run_scaling(spec)
     assert [p['D'] for p in pts] == [512, 1024] and all(math.isfinite(p['loss']) for p in pts)
     c = spec.config
-    assert pts[0]['N'] == non_embedding_params(c) == c.num_params() - c.vocab_size * c.d_model - c.context_len * c.d_model
-    assert 12 * c.n_layer * c.d_model ** 2 < pts[0]['N'] < 13 * c.n_layer * c.d_model ** 2   # ≈ 12·L·d² plus biases and norms
+    assert pts[0]['N'] == non_embedding_params(c) == GPT(c).num_params(non_embedding=True)
+    assert pts[0]['N'] == c.num_params() - c.context_len * c.d_model   # tied: everything but the position table counts once
     assert len(list((tmp_path / 'scaling').glob('*.json'))) == 1
     assert run_scaling(spec) == pts
     sep = run_scaling(RunSpec(d_model=16, tokens=(512, 1024), eval_batches=2, mode='separate'))
@@ -75,15 +76,36 @@ def test_run_is_cached(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match='mode'): run_scaling(RunSpec(d_model=16, tokens=(512,), mode='other'), cache=False)
     with pytest.raises(ValueError, match='repeat data'): run_scaling(RunSpec(d_model=16, tokens=(10 ** 8,)), cache=False)
 
-def test_checkers_accept_reference_and_reject_wrong():
-    assert check_scaling_law(lambda N, D, E, A, B, a, b: E + A / N ** a + B / D ** b).ok
-    with pytest.raises(CheckFailed): check_scaling_law(lambda N, D, E, A, B, a, b: E + A / N ** a + B / N ** b)
-    with pytest.raises(CheckFailed): check_scaling_law(lambda N, D, E, A, B, a, b: A / N ** a + B / D ** b)
-    assert check_compute_optimal(lambda C, E, A, B, a, b: ScalingFit(E, A, B, a, b).optimal(C)).ok
-    def swapped(C, E, A, B, a, b):  # exponents exchanged: N ∝ C^(α/(α+β))
-        G = (a * A / (b * B)) ** (1 / (a + b)); return G * (C / 6) ** (a / (a + b)), (C / 6) ** (b / (a + b)) / G
-    with pytest.raises(CheckFailed): check_compute_optimal(swapped)
-    with pytest.raises(CheckFailed): check_compute_optimal(lambda C, E, A, B, a, b: ScalingFit(E, A, B, a, b).optimal(C / 6))
-    assert check_huber(lambda r, d: np.where(np.abs(r) <= d, 0.5 * r ** 2, d * (np.abs(r) - 0.5 * d))).ok
-    with pytest.raises(CheckFailed): check_huber(lambda r, d: np.where(np.abs(r) <= d, 0.5 * r ** 2, d * np.abs(r)))
-    with pytest.raises(CheckFailed): check_huber(lambda r, d: 0.5 * r ** 2)
+CONFIGS = {
+    'gpt2-tied': dict(family='gpt2', vocab_size=300, context_len=64, n_layer=2, n_head=4, d_model=64),
+    'gpt2-untied-nobias': dict(family='gpt2', vocab_size=301, context_len=32, n_layer=3, n_head=2, d_model=48, bias=False,
+                               tie_embeddings=False, d_ff=100),
+    'gpt2-sinusoidal': dict(family='gpt2', vocab_size=257, context_len=40, n_layer=1, n_head=4, d_model=32, pos='sinusoidal'),
+    'llama-untied': dict(family='llama', vocab_size=300, context_len=64, n_layer=2, n_head=4, d_model=64),
+    'llama-gqa-tied-bias': dict(family='llama', vocab_size=200, context_len=32, n_layer=2, n_head=4, n_kv_head=1, d_model=32,
+                                bias=True, tie_embeddings=True),
+}
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_non_embedding_params_matches_the_model(name):
+    kw = dict(CONFIGS[name]); fam = kw.pop('family')
+    c = getattr(GPTConfig, fam)(**kw)
+    assert non_embedding_params(c) == GPT(c).num_params(non_embedding=True)
+
+def test_non_embedding_params_of_a_7b_config_is_instant():
+    import time
+    c = GPTConfig.llama(vocab_size=32000, context_len=4096, n_layer=32, n_head=32, d_model=4096, d_ff=11008)
+    t0 = time.perf_counter(); n = non_embedding_params(c)
+    assert time.perf_counter() - t0 < 0.01                   # no model is built
+    assert n == c.num_params() - 32000 * 4096 == 6_607_343_616   # Llama 2 7B: 6.74B total minus the input embedding table
+
+def test_law_bad_input():
+    with pytest.raises(ValueError, match='C'): CHINCHILLA.optimal(0)
+    with pytest.raises(ValueError, match='C'): CHINCHILLA.optimal(-1e20)
+    with pytest.raises(ValueError, match='N and D'): CHINCHILLA.loss(0, 1e9)
+    with pytest.raises(ValueError, match='N and D'): CHINCHILLA.loss(1e9, -5)
+
+def test_published_laws_and_their_sources():
+    assert 'Hoffmann' in CHINCHILLA.source and 'Besiroglu' in BESIROGLU.source
+    n, d = BESIROGLU.optimal(5.76e23)
+    assert 15 < d / n < 30 and CHINCHILLA.optimal(5.76e23)[1] / CHINCHILLA.optimal(5.76e23)[0] > 30
