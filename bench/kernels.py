@@ -238,6 +238,18 @@ def bench_flash(b, quick):
                     b.run(f'flash bwd {tag}', name, dtype, T, 'seq', lambda o2=o2: torch.autograd.grad(o2, (qr, kr, vr), do, retain_graph=True),
                           flops=2.5 * fl)
                 del q, k, v, do, qr, kr, vr, o
+    for D in (64, 128):   # KV-cache decoding: one new query per sequence against a cache of Tk keys (the short-tile kernel)
+        for Tk in (seqs if not b.dry else [70]):
+            B, H = (16, 2048 // D) if not b.dry else (1, 2)
+            q, k, v = rnd(B, H, 1, D, dtype=dtype, device=b.device), rnd(B, H, Tk, D, dtype=dtype, device=b.device), rnd(B, H, Tk, D, dtype=dtype, device=b.device)
+            nb = (k.numel() + v.numel()) * k.element_size()                   # reading the cache is the whole cost
+            ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            b.run(f'flash decode D={D}', 'triton', dtype, Tk, 'cache', lambda: flash_attention(q, k, v, False), nbytes=nb,
+                  check=lambda: (flash_attention(q, k, v, False).float() - ref).abs().max())
+            for name, be in backends:
+                def dec(be=be):
+                    with sdpa_kernel(be): return F.scaled_dot_product_attention(q, k, v)
+                b.run(f'flash decode D={D}', name, dtype, Tk, 'cache', dec, nbytes=nb)
 
 
 # ------------------------------------------------------------------ summary against the issue's targets
@@ -367,12 +379,11 @@ def compile_check(arch: int = 90) -> int:
         comp(ops._ce_bwd_kernel, dt, dict(BLOCK=4096), 8)
         prec = 'ieee' if dt == 'fp32' else 'tf32'
         if dt == 'bf16':
-            tuned(ops._matmul_kernel, dt, dict(ACTIVATION='', PRECISION=prec))
-            for act in ('relu', 'gelu', 'silu'):
-                comp(ops._matmul_kernel, dt, dict(ACTIVATION=act, PRECISION=prec, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8), 8, 3)
+            for act in ('', 'relu', 'gelu', 'silu'):      # the epilogue is part of the autotuning key: every candidate with each
+                tuned(ops._matmul_kernel, dt, dict(ACTIVATION=act, PRECISION=prec))
             for D in (64, 128):
                 for causal in (True, False):
-                    for kern in (flash._fwd, flash._bwd_dkdv, flash._bwd_dq):
+                    for kern in (flash._fwd, flash._fwd_decode, flash._bwd_dkdv, flash._bwd_dq):
                         tuned(kern, dt, dict(CAUSAL=causal, PRECISION=prec, BLOCK_D=D))
         else:
             comp(ops._matmul_kernel, dt, dict(ACTIVATION='', PRECISION=prec, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8), 4, 3)

@@ -407,7 +407,7 @@ def check_attention_backward(fn, # your fn(q, k, v, do, causal) -> (dq, dk, dv),
         return _close(got[0], (p * (do @ v.transpose(-1, -2))) @ k / math.sqrt(q.shape[-1]), atol=1e-3)
     hints = [(lambda got, want, args: _close(got[2], want[2]) and not _close(got[0], want[0]) and no_delta(got, want, args),
               "dS = P ∘ (dP − δ) with δ_i = Σ_j P_ij dP_ij = rowsum(dO ∘ O): the − δ term is missing"),
-             (lambda got, want, args: _close(got[2], want[2]) and _close(got[0] * math.sqrt(args[0].shape[-1]), want[0]),
+             (lambda got, want, args: _close(got[2], want[2]) and _close(got[0] / math.sqrt(args[0].shape[-1]), want[0]),
               "dq and dk need the score scale too: dQ = s · dS K, dK = s · dSᵀ Q with s = 1/√D")]
     return check_function('attention backward', fn, _attn_backward_ref, _attn_inputs, trials=trials, atol=1e-4, rtol=1e-4,
                           raise_on_fail=raise_on_fail, hints=hints)

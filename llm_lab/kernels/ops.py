@@ -743,11 +743,13 @@ def check_softmax(fn, # your fn(x (M, N) float32 on kernel_device()) -> softmax 
     draw = lambda g, M, N, s: ((torch.randn(M, N, generator=g) * s).clamp(-200, 200).to(kernel_device()),)
     hints = [(lambda got, want, args: not torch.isfinite(got).all() and args[0].abs().max() > 80,
               "inf/nan on large scores: subtract the row max before exp (exp overflows float32 past 88)"),
-             (lambda got, want, args: _close(got, torch.softmax(args[0].float(), 0)) or not _close(got.sum(-1), torch.ones(got.shape[0])),
-              "your rows do not sum to 1: reduce along the row (one program per row, tl.max / tl.sum over the row's block, axis=0), not across rows"),
+             (lambda got, want, args: _close(got, torch.softmax(args[0].float(), 0)),
+              "that is the softmax down the columns: reduce along the row (one program per row, tl.max / tl.sum over the row's block, axis=0)"),
              (lambda got, want, args: not _pow2(args[0].shape[-1]),
               "it fails when N is not a power of two: the block sticks out past the end of the row, so load with mask=cols < n_cols, "
-              "other=-float('inf') (padding must neither win the max nor add to the sum) and mask the store")]
+              "other=-float('inf') (padding must neither win the max nor add to the sum) and mask the store"),
+             (lambda got, want, args: not _close(got.sum(-1), torch.ones(got.shape[0])),
+              "your rows do not sum to 1: one program per row, and the max and the sum over that row's block (axis=0)")]
     return check_function(name, fn, lambda x: torch.softmax(x.float(), -1), _in_order(SOFTMAX_CASES, draw), trials=len(SOFTMAX_CASES),
                           atol=1e-6, rtol=1e-5, raise_on_fail=raise_on_fail, hints=hints)
 
