@@ -34,9 +34,8 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements'),
-                    'kernels': reqs('kernels_requirements'),
-                    'hub': reqs('hub_requirements')},
+    # every `<name>_requirements` key of settings.ini is an extra: pip install "llm_lab[<name>]"
+    extras_require={k[:-len('_requirements')]: reqs(k) for k in cfg if k.endswith('_requirements') and k != 'requirements'},
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
                   'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},
     zip_safe=False,

@@ -266,6 +266,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'cost':     ('llm_lab.cost:cost_cli', 'FLOPs, memory, time, dollars and energy of a training run'),
     'gpus':     ('llm_lab.cost:gpus_cli', 'list the hardware catalog'),
     'models':   ('llm_lab.cost:models_cli', 'list the model catalog'),
+    'finetune': ('llm_lab.finetune:finetune_cli', 'fine-tune a checkpoint or zoo model (full or LoRA) on instructions or a classification task'),
+    'serve':    ('llm_lab.serve:serve_cli', 'serve a model over an OpenAI-compatible HTTP API'),
     'check':    ('llm_lab.grading:check_cli', 'grade an assignment: llm-lab check PACK STUDENT_FILE (--list shows the packs)'),
 }
 
