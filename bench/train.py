@@ -122,13 +122,13 @@ def main(argv=None):
     (out_dir / 'train.json').write_text(json.dumps(results, indent=1))
     if args.gpu:
         if not torch.cuda.is_available(): print('--gpu: no CUDA device here', file=sys.stderr); return 1
-        gpu = {'device': torch.cuda.get_device_name(), 'peak_flops': peak_flops('cuda'), 'runs': []}
+        gpu = {'device': torch.cuda.get_device_name(), 'peak_flops_bf16': peak_flops('cuda', 'bf16'), 'runs': []}
         model = GPT(GPTConfig.gpt2(vocab_size=50304, context_len=1024, n_layer=12, n_head=12, d_model=768)).cuda()
         for compile_ in (False, True):
             r = measure_throughput(model, TrainConfig(batch_size=16, dtype='bfloat16', compile=compile_), steps=20, warmup=5)
             gpu['runs'].append(r)
             print(f"GPT-2 124M bf16 compile={compile_}: {r['tokens_per_s']:,.0f} tokens/s, {r['ms_per_step']:.0f} ms/step, "
-                  f"{r['tflops']:.0f} TFLOP/s, MFU {r['mfu']:.1%}" if r['mfu'] else f"MFU unknown (peak of {gpu['device']} not in PEAK_FLOPS)")
+                  f"{r['tflops']:.0f} TFLOP/s, MFU {r['mfu']:.1%}" if r['mfu'] else f"MFU unknown (peak of {gpu['device']} not in the llm_lab.hardware catalog)")
         (out_dir / 'train_gpu.json').write_text(json.dumps(gpu, indent=1))
     return 0
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_lab.core import CheckFailed, embedded_corpus
+from llm_lab.core import embedded_corpus
 from llm_lab import data as D
 from conftest import require
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from llm_lab.core import CheckFailed
 from llm_lab.data import RandomWindows
 from llm_lab.model import GPT, GPTConfig
 from llm_lab.tokenizer import BPETokenizer
