@@ -117,13 +117,13 @@ def test_rope_relative_and_matches_complex_form():
     rope = RotaryEmbedding(8, 64)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
     s = lambda m, n: (rope(q, m) * rope(k, n)).sum()
-    torch.testing.assert_close(s(9, 4), s(30, 25), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s(9, 4), s(30, 25), atol=2e-6, rtol=2e-6)   # measured <= 5e-7
     # the rotate-half layout is a complex multiplication of (x[i], x[i + D/2]) by e^{i·pos·θ_i}
     x, pos = torch.randn(1, 1, 5, 8), 3
     z = torch.complex(x[..., :4], x[..., 4:])
     ang = torch.arange(pos, pos + 5)[:, None] * 10000 ** (-torch.arange(0, 8, 2) / 8)
     rz = z * torch.polar(torch.ones_like(ang), ang)
-    torch.testing.assert_close(rope(x, pos), torch.cat([rz.real, rz.imag], -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rope(x, pos), torch.cat([rz.real, rz.imag], -1), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match='RoPE positions'): rope(torch.randn(1, 1, 10, 8), offset=60)
     with pytest.raises(ValueError, match='token_positions'): rope(torch.randn(1, 1, 10, 8), token_positions=torch.arange(9))
 
@@ -268,7 +268,8 @@ def test_triton_impl_matches_sdpa():
     a = GPT(GPTConfig.llama(**cfg, n_kv_head=1)); b = GPT(GPTConfig.llama(**cfg, n_kv_head=1, attn_impl='triton'))
     b.load_state_dict(a.state_dict())
     idx = torch.randint(0, 50, (1, 8))
-    torch.testing.assert_close(b(idx)[0], a(idx)[0], atol=2e-4, rtol=2e-4)
+    tol = 1e-6 if getattr(ops, 'INTERPRETED', False) else 2e-4   # interpreted fp32: measured <= 6e-8; a GPU's tl.dot may use TF32
+    torch.testing.assert_close(b(idx)[0], a(idx)[0], atol=tol, rtol=tol)
     assert torch.equal(a.generate(idx[:, :3], 4, temperature=0), b.generate(idx[:, :3], 4, temperature=0))
 
 
@@ -410,9 +411,9 @@ def test_encoder_decoder_layers_match_torch():
     src, tgt = torch.randn(2, 6, 16), torch.randn(2, 4, 16)
     keep = padding_mask(torch.tensor([6, 2]), 6)
     mem = enc(src, keep)
-    torch.testing.assert_close(mem, te(src, src_key_padding_mask=~keep[:, 0, 0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mem, te(src, src_key_padding_mask=~keep[:, 0, 0]), atol=2e-6, rtol=2e-6)  # measured <= 5e-7
     want = td(tgt, mem, tgt_mask=nn.Transformer.generate_square_subsequent_mask(4), tgt_is_causal=True, memory_key_padding_mask=~keep[:, 0, 0])
-    torch.testing.assert_close(dec(tgt, mem, keep), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dec(tgt, mem, keep), want, atol=2e-6, rtol=2e-6)
 
 
 def test_seq2seq_shapes_loss_and_padding():
@@ -424,7 +425,7 @@ def test_seq2seq_shapes_loss_and_padding():
     assert logits.shape == (2, 4, 13) and torch.isfinite(loss)
     # padding in the source does not change the output
     longer = torch.cat([src, torch.zeros(2, 3, dtype=torch.long)], 1)
-    torch.testing.assert_close(s2s(longer, tgt_in)[0], logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s2s(longer, tgt_in)[0], logits, atol=4e-6, rtol=4e-6)  # measured <= 1e-6
     assert s2s.greedy_decode(src, 1, 6).shape == (2, 7)
     with pytest.raises(ValueError, match='max_len'): s2s(torch.ones(1, 13, dtype=torch.long), tgt_in[:1])
 
