@@ -4,7 +4,7 @@
 
 # %% ../nbs/3_pretraining/09_pretraining.ipynb #5baf7238
 from __future__ import annotations
-import argparse, base64, hashlib, io, json, math, os, random, sys, time, warnings
+import argparse, base64, hashlib, io, json, math, os, random, sys, time
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -624,7 +624,7 @@ def check_grad_accumulation(fn: Callable, # your fn(w, x, y, n_micro) -> gradien
         B = n_micro * _ri(g, 1, 4)
         return torch.randn(d, generator=g), torch.randn(B, d, generator=g), torch.randn(B, generator=g), n_micro
     hints = [(lambda got, want, a: torch.allclose(got, want * a[3], rtol=1e-4, atol=1e-5),
-              f"your gradient is n_micro times too big: divide each micro-batch's loss by n_micro before backward")]
+              "your gradient is n_micro times too big: divide each micro-batch's loss by n_micro before backward")]
     return check_function('grad_accumulation', wrapped, ref, make, trials=trials, atol=1e-5, rtol=1e-4, hints=hints, **kwargs)
 
 def _mfu_ref(config: GPTConfig, tokens_per_s: float, peak: float) -> float:
