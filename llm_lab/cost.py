@@ -10,20 +10,21 @@ from typing import Any, Callable
 
 import torch
 
-from .core import check_function, CheckReport, subplots, get_device
+from .core import check_function, CheckReport, CheckFailed, not_attempted, subplots, get_device
 from .hardware import HardwareSpec, HARDWARE, get_gpu, gpu_for_device_name, lookup, gpus_cli
+from .scaling import ScalingLaw, CHINCHILLA, BESIROGLU, non_embedding_params
 
 # %% auto #0
-__all__ = ['PRECISION_BYTES', 'FLOP_METHODS', 'MODELS', 'OPTIMIZER_BYTES', 'CHECKPOINTING', 'HOFFMANN', 'BESIROGLU',
-           'parse_quantity', 'fmt_si', 'ModelSpec', 'param_breakdown', 'param_count', 'non_embedding_params',
-           'flops_breakdown', 'flops_per_token', 'train_flops', 'pf_days', 'megatron_flops_per_iteration',
-           'CatalogModel', 'get_model', 'activation_bytes_per_layer', 'training_memory', 'kv_cache_bytes',
-           'inference_memory', 'max_batch_size', 'energy_mwh', 'co2_tonnes', 'TrainingEstimate', 'estimate_training',
-           'ScalingLaw', 'compute_optimal', 'plot_isoflop', 'InferenceEstimate', 'estimate_inference',
-           'plot_decode_roofline', 'count_forward_flops', 'predicted_forward_flops', 'measure_activation_bytes',
-           'matmul_flops_per_s', 'MFUReport', 'measure_mfu', 'PublishedFigure', 'implied_mfu', 'published_figures',
-           'plot_published', 'min_gpus_to_fit', 'plot_budget', 'budget_widget', 'cost_cli', 'models_cli',
-           'check_param_count', 'check_kv_cache_bytes', 'check_compute_optimal']
+__all__ = ['PRECISION_BYTES', 'FLOP_METHODS', 'MODELS', 'OPTIMIZER_BYTES', 'CHECKPOINTING', 'parse_quantity', 'fmt_si',
+           'ModelSpec', 'param_breakdown', 'param_count', 'flops_breakdown', 'train_flops_per_token', 'train_flops',
+           'pf_days', 'megatron_flops_per_iteration', 'CatalogModel', 'get_model', 'activation_bytes_per_layer',
+           'training_memory', 'kv_cache_bytes', 'inference_memory', 'max_batch_size', 'energy_mwh', 'co2_tonnes',
+           'TrainingEstimate', 'estimate_training', 'compute_optimal', 'plot_budget_isoflops', 'InferenceEstimate',
+           'estimate_inference', 'plot_decode_roofline', 'count_forward_flops', 'predicted_forward_flops',
+           'measure_activation_bytes', 'matmul_flops_per_s', 'MFUReport', 'measure_mfu', 'PublishedFigure',
+           'implied_mfu', 'published_figures', 'plot_published', 'min_gpus_to_fit', 'plot_budget', 'budget_widget',
+           'cost_cli', 'models_cli', 'check_param_count', 'check_kv_cache_bytes', 'check_train_flops_per_token',
+           'check_training_memory']
 
 # %% ../nbs/8_money/21_cost.ipynb #7e4bb9b0
 _SUFFIX = {'k': 1e3, 'K': 1e3, 'M': 1e6, 'B': 1e9, 'G': 1e9, 'T': 1e12, 'P': 1e15, 'E': 1e18}
@@ -140,10 +141,6 @@ def param_count(spec: ModelSpec) -> int:
     "The total number of parameters of `spec` (exact for our `GPT`; embeddings included)."
     return param_breakdown(spec)['total']
 
-def non_embedding_params(spec: ModelSpec) -> int:
-    "Parameters in the blocks and norms (Kaplan et al.'s N): the total minus token/position embeddings and the head."
-    b = param_breakdown(spec)
-    return b['attention'] + b['mlp'] + b['norms']
 
 # %% ../nbs/8_money/21_cost.ipynb #9a8aebfa
 def flops_breakdown(spec: ModelSpec, # the architecture
@@ -164,13 +161,14 @@ def flops_breakdown(spec: ModelSpec, # the architecture
 
 FLOP_METHODS = ('6N', '6N+attn', 'detailed')
 
-def flops_per_token(spec: ModelSpec | float, # an architecture, or a parameter count (then only method '6N')
+def train_flops_per_token(spec: ModelSpec | float, # an architecture, or a parameter count (then only method '6N')
                     method: str = '6N', # '6N', '6N+attn' or 'detailed' (every matmul)
                     seq_len: int | None = None, # context T (None -> spec.context_len)
                     recompute: bool = False, # full activation recomputation: one more forward of the blocks
                    ) -> float:
-    "Training FLOPs per token (forward + backward) of `spec`."
+    "Training FLOPs per token (forward + backward) of `spec`; chapter 6's `forward_flops_per_token` is the forward pass alone."
     if method not in FLOP_METHODS: raise ValueError(f"method must be one of {FLOP_METHODS}, got {method!r}")
+    if seq_len is not None: _positive_int('seq_len', seq_len)
     if not isinstance(spec, ModelSpec):
         n = parse_quantity(spec, 'parameter count')
         if method != '6N': raise ValueError(f"method {method!r} needs the architecture (a ModelSpec), not just a parameter count")
@@ -188,8 +186,8 @@ def flops_per_token(spec: ModelSpec | float, # an architecture, or a parameter c
 def train_flops(spec: ModelSpec | float, # architecture or parameter count
                 tokens: float, # training tokens D
                 method: str = '6N', seq_len: int | None = None, recompute: bool = False) -> float:
-    "Total training FLOPs for `tokens` tokens: flops_per_token × D (6ND with the default method)."
-    return flops_per_token(spec, method, seq_len, recompute) * parse_quantity(tokens, 'tokens')
+    "Total training FLOPs for `tokens` tokens: train_flops_per_token × D (6ND with the default method)."
+    return train_flops_per_token(spec, method, seq_len, recompute) * parse_quantity(tokens, 'tokens')
 
 def pf_days(flops: float) -> float:
     "FLOPs expressed in petaflop/s-days (10¹⁵ FLOP/s for 86 400 s), the unit of the GPT-3 paper."
@@ -313,6 +311,7 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, seq_len: int |
     if checkpointing not in CHECKPOINTING: raise ValueError(f"checkpointing must be one of {CHECKPOINTING}, got {checkpointing!r}")
     s = spec.context_len if seq_len is None else seq_len
     _positive_int('micro_batch', micro_batch); _positive_int('seq_len', s)
+    if not act_bytes > 0: raise ValueError(f"act_bytes must be > 0 bytes per value, got {act_bytes}")
     sb, h, ff, a, k = s * micro_batch, spec.d_model, spec.d_ff, spec.n_head, act_bytes / 2
     if checkpointing == 'full': return 2 * sb * h * k                       # only the block input
     attn = 2 * sb * h + 2 * sb * spec.q_dim + 4 * sb * spec.kv_dim + 2 * sb * spec.q_dim  # LN out, Q, K+V, out-proj input
@@ -336,7 +335,8 @@ def training_memory(spec: ModelSpec | float, # architecture (activations need it
     if optimizer not in OPTIMIZER_BYTES: raise ValueError(f"optimizer must be one of {list(OPTIMIZER_BYTES)}, got {optimizer!r}")
     if zero_stage not in (0, 1, 2, 3): raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage!r}")
     if precision not in PRECISION_BYTES: raise ValueError(f"precision must be one of {list(PRECISION_BYTES)}, got {precision!r}")
-    for nm, v in (('dp', dp), ('tp', tp), ('pp', pp)): _positive_int(nm, v)
+    for nm, v in (('dp', dp), ('tp', tp), ('pp', pp), ('micro_batch', micro_batch)): _positive_int(nm, v)
+    if seq_len is not None: _positive_int('seq_len', seq_len)
     n = param_count(spec) if isinstance(spec, ModelSpec) else parse_quantity(spec, 'parameter count')
     pb = PRECISION_BYTES[precision]
     shard = n / (tp * pp)                                   # parameters held by one model-parallel rank
@@ -363,6 +363,9 @@ def kv_cache_bytes(spec: ModelSpec, batch: int, seq_len: int, # sequences and to
                   ) -> float:
     "Bytes of the KV cache: 2 (K and V) x layers x KV heads x head_dim x tokens x batch x bytes."
     _positive_int('batch', batch); _positive_int('seq_len', seq_len)
+    if not isinstance(spec, ModelSpec): raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    if not (isinstance(bytes_per_value, (int, float)) and bytes_per_value > 0):
+        raise ValueError(f"bytes_per_value must be > 0 (2 for bf16, 1 for fp8), got {bytes_per_value!r}")
     return 2 * spec.n_layer * spec.n_kv_head * spec.head_dim * seq_len * batch * bytes_per_value
 
 def inference_memory(spec: ModelSpec, batch: int = 1, seq_len: int | None = None,
@@ -400,6 +403,8 @@ def energy_mwh(gpu_hours: float, # accelerator-hours
                pue: float = 1.1, # data-centre power usage effectiveness (>= 1)
               ) -> float:
     "Energy in MWh: GPU-hours x watts x power fraction x PUE."
+    if not gpu_hours >= 0: raise ValueError(f"gpu_hours must be >= 0, got {gpu_hours}")
+    if not power_w > 0: raise ValueError(f"power_w must be > 0 watts, got {power_w}")
     if pue < 1: raise ValueError(f"pue is total facility power over IT power, so >= 1; got {pue}")
     if not 0 < power_fraction <= 1: raise ValueError(f"power_fraction must be in (0, 1], got {power_fraction}")
     return gpu_hours * power_w * power_fraction * pue / 1e6
@@ -408,6 +413,7 @@ def co2_tonnes(mwh: float, # energy
                grid_kg_per_kwh: float = 0.4, # carbon intensity of the grid, kg CO2e per kWh
               ) -> float:
     "Tonnes of CO2-equivalent for `mwh` MWh at `grid_kg_per_kwh` (MWh x kg/kWh = tonnes)."
+    if not mwh >= 0: raise ValueError(f"mwh must be >= 0, got {mwh}")
     if grid_kg_per_kwh < 0: raise ValueError(f"grid_kg_per_kwh must be >= 0, got {grid_kg_per_kwh}")
     return mwh * grid_kg_per_kwh
 
@@ -468,7 +474,7 @@ def estimate_training(model: str | ModelSpec | CatalogModel | float, # catalog n
                       mfu: float = 0.4, # model FLOPs utilisation in (0, 1]
                       precision: str = 'bf16', # matmul precision, selects the peak
                       price_per_gpu_hour: float | None = None, # USD; None -> the catalog's indicative price
-                      method: str = '6N', recompute: bool = False, # FLOP counting (see flops_per_token)
+                      method: str = '6N', recompute: bool = False, # FLOP counting (see train_flops_per_token)
                       peak_tflops: float | None = None, # override the catalog's peak (TFLOP/s per GPU)
                       power_fraction: float = 1.0, pue: float = 1.1, grid_kg_per_kwh: float = 0.4,
                       micro_batch: int = 1, zero_stage: int = 1, tp: int = 1, pp: int = 1, checkpointing: str = 'selective',
@@ -499,43 +505,21 @@ def estimate_training(model: str | ModelSpec | CatalogModel | float, # catalog n
     return est
 
 # %% ../nbs/8_money/21_cost.ipynb #95c9edf3
-@dataclass(frozen=True)
-class ScalingLaw:
-    "L(N, D) = E + A / N^alpha + B / D^beta (loss in nats per token)."
-    E: float; A: float; B: float; alpha: float; beta: float
-    source: str
-
-    def loss(self, n_params: float, tokens: float) -> float:
-        "Predicted loss (nats/token) of a model with `n_params` parameters trained on `tokens` tokens."
-        return self.E + self.A / parse_quantity(n_params, 'n_params') ** self.alpha + self.B / parse_quantity(tokens, 'tokens') ** self.beta
-
-    def optimal(self, flops: float) -> tuple[float, float]:
-        "The (N, D) minimising the loss under C = 6ND."
-        C = parse_quantity(flops, 'flops')
-        a, b = self.beta / (self.alpha + self.beta), self.alpha / (self.alpha + self.beta)
-        G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
-        n = G * (C / 6) ** a
-        return n, C / (6 * n)
-
-HOFFMANN = ScalingLaw(1.69, 406.4, 410.7, 0.34, 0.28, 'Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models", eq. 10')
-BESIROGLU = ScalingLaw(1.8172, 482.01, 2085.43, 0.3478, 0.3658, 'Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt", '
-                       'their refit (coefficients as we recall them; check the paper before relying on the 4th digit)')
-
 def compute_optimal(flops: float | str, # training budget C in FLOPs
                     tokens_per_param: float = 20.0, # Chinchilla's rule of thumb
-                    law: ScalingLaw = HOFFMANN, # the fitted law for the second estimate and the loss
+                    law: ScalingLaw = CHINCHILLA, # from llm_lab.scaling (chapter 10) # the fitted law for the second estimate and the loss
                    ) -> dict[str, float]:
     "Compute-optimal parameters and tokens for `flops`: by the tokens-per-parameter rule and by the fitted law, with predicted losses."
     C = parse_quantity(flops, 'flops')
     if tokens_per_param <= 0: raise ValueError(f"tokens_per_param must be > 0, got {tokens_per_param}")
     n = math.sqrt(C / (6 * tokens_per_param))
-    n_fit, d_fit = law.optimal(C)
-    return {'flops': C, 'params': n, 'tokens': tokens_per_param * n, 'loss': law.loss(n, tokens_per_param * n),
-            'params_fit': n_fit, 'tokens_fit': d_fit, 'loss_fit': law.loss(n_fit, d_fit)}
+    n_fit, d_fit = (float(x) for x in law.optimal(C))
+    return {'flops': C, 'params': n, 'tokens': tokens_per_param * n, 'loss': float(law.loss(n, tokens_per_param * n)),
+            'params_fit': n_fit, 'tokens_fit': d_fit, 'loss_fit': float(law.loss(n_fit, d_fit))}
 
 # %% ../nbs/8_money/21_cost.ipynb #b5d886a2
-def plot_isoflop(budgets: tuple = (1e21, 1e22, 1e23, 5.76e23, 1e24, 1e25), # FLOPs
-                 law: ScalingLaw = HOFFMANN, ax=None):
+def plot_budget_isoflops(budgets: tuple = (1e21, 1e22, 1e23, 5.76e23, 1e24, 1e25), # FLOPs
+                 law: ScalingLaw = CHINCHILLA, ax=None):
     "Predicted loss against model size along C = 6ND for each budget, with the fitted optimum and the 20-tokens/parameter point."
     if ax is None: _, ax = subplots(figsize=(6, 3.8))
     for C in budgets:
@@ -572,6 +556,7 @@ def estimate_inference(model: str | ModelSpec | CatalogModel, gpu: str | Hardwar
     for nm, v in (('mfu', mfu), ('bandwidth_util', bandwidth_util)):
         if not 0 < v <= 1: raise ValueError(f"{nm} must be in (0, 1], got {v}")
     for nm, v in (('batch', batch), ('prompt_len', prompt_len), ('gen_len', gen_len)): _positive_int(nm, v)
+    if precision not in PRECISION_BYTES: raise ValueError(f"precision must be one of {list(PRECISION_BYTES)}, got {precision!r}")
     hw = get_gpu(gpu)
     peak = hw.peak_flops(precision if precision in hw.tflops else 'bf16') * mfu
     bw = hw.bandwidth_gbs * 1e9 * bandwidth_util
@@ -700,7 +685,7 @@ def measure_mfu(model: torch.nn.Module, # a model whose forward(idx, targets) re
     B, T = idx.shape
     if flops_per_step is None:
         if not hasattr(model, 'config'): raise ValueError("model has no .config: pass flops_per_step (model FLOPs of one training step)")
-        flops_per_step = flops_per_token(ModelSpec.from_config(model.config), 'detailed', seq_len=T) * B * T
+        flops_per_step = train_flops_per_token(ModelSpec.from_config(model.config), 'detailed', seq_len=T) * B * T
     amp = torch.bfloat16 if dev.type == 'cuda' and torch.cuda.is_bf16_supported() else None
     precision = 'bf16' if amp else 'fp32'
     if peak_flops is None:
@@ -732,6 +717,8 @@ class PublishedFigure:
     rel_tol: float   # accepted |ours / published - 1|
     source: str      # where the published number is from
     how: str         # what we computed, with which assumptions
+    kind: str = 'prediction'  # 'prediction': from architecture, tokens and hardware (with our stated MFU) alone;
+                              # 'worked example': the paper's own measured rate, hours or rule fed back in
     @property
     def rel_diff(self) -> float: return self.ours / self.published - 1
     @property
@@ -739,6 +726,9 @@ class PublishedFigure:
 
 def implied_mfu(flops: float, n_gpus: int, days: float, peak_flops: float) -> float:
     "The MFU that a claim of `n_gpus` GPUs for `days` days implies for `flops` FLOPs at `peak_flops` FLOP/s per GPU."
+    _positive_int('n_gpus', n_gpus)
+    for nm, v in (('flops', flops), ('days', days), ('peak_flops', peak_flops)):
+        if not v > 0: raise ValueError(f"{nm} must be > 0, got {v}")
     return flops / (n_gpus * days * 86400 * peak_flops)
 
 # %% ../nbs/8_money/21_cost.ipynb #da68c2bc
@@ -750,22 +740,22 @@ def published_figures() -> list[PublishedFigure]:
     F.append(PublishedFigure('GPT-3 175B training compute', 3.14e23, c3, 'FLOPs', 0.01, 'Brown et al. 2020, Table D.1', '6ND, N from the architecture'))
     F.append(PublishedFigure('GPT-3 175B training compute', 3640, pf_days(c3), 'PF-days', 0.01, 'Brown et al. 2020, Table D.1', 'the same, in PF-days'))
     F.append(PublishedFigure('GPT-3 175B parameters', 175e9, param_count(g3), 'parameters', 0.01, 'Brown et al. 2020, Table 2.1', 'param_count of the Table 2.1 shape'))
-    e = estimate_training('gpt3-175b', gpu='a100-80gb', n_gpus=1024, mfu=140 / 312, recompute=True)
+    e = estimate_training('gpt3-175b', gpu='a100-80gb', n_gpus=1024, mfu=140 / get_gpu('a100-80gb').tflops['bf16'], recompute=True)
     F.append(PublishedFigure('GPT-3 on 1024 A100s at 140 TFLOP/s', 34, e.wall_days, 'days', 0.03,
-                             'Narayanan et al. 2021, Sec. 5.1 (8TP/nX)', '8ND (with recomputation) / (1024 x 140 TFLOP/s)'))
+                             'Narayanan et al. 2021, Sec. 5.1 (8TP/nX)', '8ND (with recomputation) / (1024 x 140 TFLOP/s)', kind='worked example'))
     lam = estimate_training('gpt3-175b', gpu='v100-32gb', n_gpus=1, mfu=1.0, peak_tflops=28, price_per_gpu_hour=1.50)
     F.append(PublishedFigure('GPT-3 on one V100 at 28 TFLOP/s', 355, lam.wall_days / 365, 'years', 0.01,
-                             'Lambda Labs 2020, "OpenAI\'s GPT-3 Language Model: A Technical Overview"', '3.14e23 FLOPs / 28 TFLOP/s'))
-    F.append(PublishedFigure('GPT-3 on V100 cloud at $1.50/GPU-hour', 4.6e6, lam.cost_usd, 'USD', 0.03, 'Lambda Labs 2020', 'GPU-hours x $1.50'))
+                             'Lambda Labs 2020, "OpenAI\'s GPT-3 Language Model: A Technical Overview"', '3.14e23 FLOPs / 28 TFLOP/s', kind='worked example'))
+    F.append(PublishedFigure('GPT-3 on V100 cloud at $1.50/GPU-hour', 4.6e6, lam.cost_usd, 'USD', 0.03, 'Lambda Labs 2020', 'GPU-hours x $1.50', kind='worked example'))
     pat = estimate_training('gpt3-175b', gpu='v100-32gb', n_gpus=10_000, mfu=24.6 / 125, precision='fp16', pue=1.1)
     F.append(PublishedFigure('GPT-3 on 10,000 V100s', 14.8, pat.wall_days, 'days', 0.02,
-                             'Patterson et al. 2021, Table 4 (24.6 TFLOP/s per V100 measured)', 'at the reported 24.6 TFLOP/s per GPU'))
+                             'Patterson et al. 2021, Table 4 (24.6 TFLOP/s per V100 measured)', 'at the reported 24.6 TFLOP/s per GPU', kind='worked example'))
     F.append(PublishedFigure('GPT-3 training energy', 1287, pat.energy_mwh, 'MWh', 0.10,
-                             'Patterson et al. 2021, Table 4', 'GPU-hours x 300 W V100 TDP x PUE 1.1 (excludes hosts and network)'))
+                             'Patterson et al. 2021, Table 4', 'GPU-hours x 300 W V100 TDP x PUE 1.1 (excludes hosts and network)', kind='worked example'))
     co = compute_optimal(5.76e23)
     F.append(PublishedFigure('Chinchilla compute-optimal parameters', 70e9, co['params'], 'parameters', 0.02,
-                             'Hoffmann et al. 2022: 70B for Gopher\'s 5.76e23 FLOPs', '20 tokens/parameter, C = 6ND'))
-    F.append(PublishedFigure('Chinchilla compute-optimal tokens', 1.4e12, co['tokens'], 'tokens', 0.02, 'Hoffmann et al. 2022', '20 tokens/parameter, C = 6ND'))
+                             'Hoffmann et al. 2022: 70B for Gopher\'s 5.76e23 FLOPs', '20 tokens/parameter, C = 6ND', kind='worked example'))
+    F.append(PublishedFigure('Chinchilla compute-optimal tokens', 1.4e12, co['tokens'], 'tokens', 0.02, 'Hoffmann et al. 2022', '20 tokens/parameter, C = 6ND', kind='worked example'))
     F.append(PublishedFigure('Chinchilla training compute', 5.76e23, train_flops(70e9, 1.4e12), 'FLOPs', 0.03,
                              'Hoffmann et al. 2022, Table 3', '6ND with N = 70B, D = 1.4T (the paper counts FLOPs in more detail)'))
     for k in ('llama2-7b', 'llama2-13b', 'llama2-70b'):
@@ -774,22 +764,29 @@ def published_figures() -> list[PublishedFigure]:
                                  '6ND at 40% MFU on A100 bf16 (Meta does not publish MFU)'))
     l65 = M['llama1-65b']
     F.append(PublishedFigure('LLaMA 65B GPU-hours', l65.gpu_hours, l65.tokens / 380 / 3600, 'A100-hours', 0.01,
-                             _L1 + ', Sec. 2.4: 380 tokens/s/GPU', '1.4T tokens / 380 tokens/s'))
-    F.append(PublishedFigure('LLaMA 65B wall-clock on 2048 A100s', 21, l65.tokens / (380 * 2048) / 86400, 'days', 0.02, _L1 + ', Sec. 2.4', '1.4T / (380 x 2048 tokens/s)'))
+                             _L1 + ', Sec. 2.4: 380 tokens/s/GPU', '1.4T tokens / 380 tokens/s', kind='worked example'))
+    F.append(PublishedFigure('LLaMA 65B wall-clock on 2048 A100s', 21, l65.tokens / (380 * 2048) / 86400, 'days', 0.02, _L1 + ', Sec. 2.4', '1.4T / (380 x 2048 tokens/s)', kind='worked example'))
     e65 = energy_mwh(l65.gpu_hours, 400, 1.0, 1.1)
-    F.append(PublishedFigure('LLaMA 65B energy', 449, e65, 'MWh', 0.01, _L1 + ', Table 15 (400 W, PUE 1.1)', 'GPU-hours x 400 W x PUE 1.1'))
-    F.append(PublishedFigure('LLaMA 65B emissions', 173, co2_tonnes(e65, 0.385), 't CO2e', 0.01, _L1 + ', Table 15 (0.385 kg/kWh)', 'energy x 0.385 kg/kWh'))
+    F.append(PublishedFigure('LLaMA 65B energy', 449, e65, 'MWh', 0.01, _L1 + ', Table 15 (400 W, PUE 1.1)', 'GPU-hours x 400 W x PUE 1.1', kind='worked example'))
+    F.append(PublishedFigure('LLaMA 65B emissions', 173, co2_tonnes(e65, 0.385), 't CO2e', 0.01, _L1 + ', Table 15 (0.385 kg/kWh)', 'energy x 0.385 kg/kWh', kind='worked example'))
     bl = M['bloom-176b']
     eb = energy_mwh(bl.gpu_hours, 400, 1.0, 1.0)
     F.append(PublishedFigure('BLOOM 176B GPU energy', 433, eb, 'MWh', 0.01, 'Luccioni et al. 2022, "Estimating the Carbon Footprint of BLOOM", Table 2',
-                             '1,082,990 GPU-hours x 400 W (GPU power only, no PUE)'))
-    F.append(PublishedFigure('BLOOM 176B dynamic emissions', 24.7, co2_tonnes(eb, 0.057), 't CO2e', 0.01, 'Luccioni et al. 2022 (French grid, 57 g/kWh)', 'energy x 0.057 kg/kWh'))
+                             '1,082,990 GPU-hours x 400 W (GPU power only, no PUE)', kind='worked example'))
+    F.append(PublishedFigure('BLOOM 176B dynamic emissions', 24.7, co2_tonnes(eb, 0.057), 't CO2e', 0.01, 'Luccioni et al. 2022 (French grid, 57 g/kWh)', 'energy x 0.057 kg/kWh', kind='worked example'))
     F.append(PublishedFigure('BLOOM 176B wall-clock on 384 A100s', 117, bl.gpu_hours / 384 / 24, 'days', 0.02,
-                             'BigScience blog "BLOOM" (2022): 117 days, Mar 11 - Jul 6 2022', 'GPU-hours / 384 GPUs'))
+                             'BigScience blog "BLOOM" (2022): 117 days, Mar 11 - Jul 6 2022', 'GPU-hours / 384 GPUs', kind='worked example'))
     F.append(PublishedFigure('Llama 3.1 405B training compute', 3.8e25, train_flops(M['llama3-405b'].spec, 15.6e12), 'FLOPs', 0.01,
                              _L3 + ', Sec. 3.3', '6ND with N from the architecture, D = 15.6T'))
     F.append(PublishedFigure('PaLM 540B parameters', 540.35e9, param_count(M['palm-540b'].spec), 'parameters', 0.005,
                              'Chowdhery et al. 2022, Table 1', 'param_count with 48 heads of 256, one KV head, SwiGLU d_ff = 4d'))
+    for k in ('llama1-7b', 'llama1-13b', 'llama1-33b', 'llama1-65b'):
+        e = estimate_training(k, gpu='a100-80gb', n_gpus=1, mfu=0.40)
+        F.append(PublishedFigure(f'{M[k].name} GPU-hours at 40% MFU', M[k].gpu_hours, e.gpu_hours, 'A100-hours', 0.30, M[k].source,
+                                 "6ND at 40% MFU on A100 bf16 (our assumption, not the paper's 380 tokens/s)"))
+    e = estimate_training('llama3-405b', gpu='h100-sxm', n_gpus=1, mfu=0.40)
+    F.append(PublishedFigure('Llama 3.1 405B GPU-hours at 40% MFU', M['llama3-405b'].gpu_hours, e.gpu_hours, 'H100-hours', 0.30, _L3,
+                             '6ND at 40% MFU on H100 bf16 (our assumption; the paper reports 38-43%)'))
     return F
 
 # %% ../nbs/8_money/21_cost.ipynb #83d0d06f
@@ -932,7 +929,7 @@ def cost_cli(argv: list[str] | None = None) -> int:
             if a.json: print(json.dumps(res)); return 0
             print(f"budget {res['flops']:.3g} FLOPs (C = 6ND):\n"
                   f"  {a.tokens_per_param:g} tokens/parameter: {fmt_si(res['params'])} parameters on {fmt_si(res['tokens'])} tokens, predicted loss {res['loss']:.3f}\n"
-                  f"  fitted law ({HOFFMANN.source}): {fmt_si(res['params_fit'])} parameters on {fmt_si(res['tokens_fit'])} tokens, loss {res['loss_fit']:.3f}")
+                  f"  fitted law ({CHINCHILLA.source}): {fmt_si(res['params_fit'])} parameters on {fmt_si(res['tokens_fit'])} tokens, loss {res['loss_fit']:.3f}")
             return 0
         model = _model_from_args(a)
         est = estimate_training(model, a.tokens, a.gpu, a.gpus, a.mfu, a.precision, a.price, a.method, a.recompute,
@@ -974,7 +971,11 @@ def _random_spec(g: torch.Generator) -> ModelSpec:
 
 def check_param_count(fn: Callable[[ModelSpec], int], trials: int = 20, seed: int | None = None, raise_on_fail: bool = True) -> CheckReport:
     "Check `fn(spec) -> int` against `param_count` on random GPT-2- and Llama-style specs."
-    return check_function('param_count', fn, param_count, lambda g: (_random_spec(g),), trials=trials, seed=seed, raise_on_fail=raise_on_fail)
+    b = lambda a: param_breakdown(a[0])
+    hints = [(lambda got, want, a: got == want - b(a)['lm_head'] or got == want + a[0].vocab_size * a[0].d_model, 'an untied head is a second V x d matrix; a tied one is counted once'),
+             (lambda got, want, a: got == want - b(a)['position'], "learned positions add context_len x d parameters"),
+             (lambda got, want, a: a[0].n_kv_head != a[0].n_head and got > want, 'with GQA, W_k and W_v have n_kv_head x head_dim columns, not d')]
+    return check_function('param_count', fn, param_count, lambda g: (_random_spec(g),), trials=trials, seed=seed, raise_on_fail=raise_on_fail, hints=hints)
 
 def check_kv_cache_bytes(fn: Callable, trials: int = 20, seed: int | None = None, raise_on_fail: bool = True) -> CheckReport:
     "Check `fn(spec, batch, seq_len, bytes_per_value) -> bytes` against `kv_cache_bytes` (GQA included)."
@@ -983,8 +984,49 @@ def check_kv_cache_bytes(fn: Callable, trials: int = 20, seed: int | None = None
         return _random_spec(g), r(1, 64), r(1, 8192), [1, 2, 4][r(0, 2)]
     return check_function('kv_cache_bytes', fn, kv_cache_bytes, inputs, trials=trials, rtol=1e-9, atol=0, seed=seed, raise_on_fail=raise_on_fail)
 
-def check_compute_optimal(fn: Callable[[float], tuple], trials: int = 20, seed: int | None = None, raise_on_fail: bool = True) -> CheckReport:
-    "Check `fn(flops) -> (params, tokens)` against Chinchilla's 20 tokens/parameter under C = 6ND (rtol 1e-6)."
-    ref = lambda c: (lambda d: (d['params'], d['tokens']))(compute_optimal(c))
-    inputs = lambda g: (float(10 ** (18 + 8 * torch.rand(1, generator=g).item())),)
-    return check_function('compute_optimal', fn, ref, inputs, trials=trials, rtol=1e-6, atol=0, seed=seed, raise_on_fail=raise_on_fail)
+def check_train_flops_per_token(fn: Callable[[ModelSpec, int], float], trials: int = 20, seed: int | None = None,
+                                raise_on_fail: bool = True) -> CheckReport:
+    "Check `fn(spec, seq_len) -> training FLOPs per token` (every matmul, forward + backward) against train_flops_per_token(spec, 'detailed', seq_len)."
+    ref = lambda spec, T: train_flops_per_token(spec, 'detailed', T)
+    fb = lambda a: flops_breakdown(*a)
+    hints = [(lambda got, want, a: math.isclose(got, want / 3, rel_tol=1e-9), 'the backward pass costs about two forwards: training is 3x the forward FLOPs'),
+             (lambda got, want, a: math.isclose(got, 3 * (fb(a)['total'] - fb(a)['attn_scores'] - fb(a)['attn_values']), rel_tol=1e-9),
+              'the attention scores QK^T and the weighted values each cost 2·T·(n_head·head_dim) FLOPs per token and layer'),
+             (lambda got, want, a: math.isclose(got, 3 * (fb(a)['total'] - fb(a)['lm_head']), rel_tol=1e-9), 'the output head (d x V) is a matmul on every token'),
+             (lambda got, want, a: a[0].n_kv_head != a[0].n_head and got > want, 'with GQA the K and V projections are n_kv_head·head_dim wide, not d')]
+    def inputs(g):
+        spec = _random_spec(g); return spec, int(torch.randint(1, spec.context_len + 1, (1,), generator=g))
+    return check_function('train_flops_per_token', fn, ref, inputs, trials=trials, rtol=1e-9, atol=0, seed=seed, raise_on_fail=raise_on_fail, hints=hints)
+
+_MEMORY_PARTS = ('weights', 'gradients', 'master', 'optimizer', 'activations')
+
+def _gpt_style_spec(g: torch.Generator) -> ModelSpec:
+    "A random GPT-2-style spec (d_ff = 4d, full multi-head attention): the block Korthikanti et al.'s formula describes."
+    r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))
+    n_head = [1, 2, 4, 8, 16][r(0, 4)]
+    return ModelSpec(n_layer=r(1, 48), d_model=n_head * 16 * r(1, 16), n_head=n_head, vocab_size=r(100, 60000), context_len=r(16, 4096),
+                     bias=bool(r(0, 1)), tie_embeddings=bool(r(0, 1)))
+
+def _reference_memory(spec: ModelSpec, micro_batch: int) -> dict:
+    m = training_memory(spec, micro_batch, precision='bf16', optimizer='adamw', checkpointing='none', dropout=True)
+    return tuple(float(m[k]) for k in _MEMORY_PARTS)  # (weights, gradients, master, optimizer, activations): compared with a tolerance
+
+def check_training_memory(fn: Callable[[ModelSpec, int], dict], trials: int = 20, seed: int | None = None,
+                          raise_on_fail: bool = True) -> CheckReport:
+    "Check `fn(spec, micro_batch) -> {'weights', 'gradients', 'master', 'optimizer', 'activations'}` (bytes on one GPU: bf16 mixed precision, AdamW, no sharding, no recomputation, dropout) on GPT-2-style specs."
+    def pick(d):
+        if not isinstance(d, dict) or set(_MEMORY_PARTS) - set(d): raise TypeError(f"return a dict with the keys {_MEMORY_PARTS}, got {d!r}"[:300])
+        return tuple(float(d[k]) for k in _MEMORY_PARTS)
+    n = lambda a: param_count(a[0])
+    W, G, M, O, A = range(5)  # positions in the compared tuples
+    hints = [(lambda got, want, a: math.isclose(got[O], 4 * n(a), rel_tol=1e-9), 'AdamW keeps two fp32 moments per parameter: 8 bytes, not 4'),
+             (lambda got, want, a: got[M] == 0, 'mixed precision keeps an fp32 master copy of the weights (4 bytes per parameter) for the update'),
+             (lambda got, want, a: math.isclose(got[G], 4 * n(a), rel_tol=1e-9), 'gradients are bf16 like the weights here (2 bytes); the fp32 copy is the master weights'),
+             (lambda got, want, a: got[A] < want[A] and math.isclose(
+                 want[A] - got[A], 4 * a[0].context_len * a[1] * a[0].vocab_size, rel_tol=1e-6),
+              'the loss needs the logits: 4 bytes (fp32) x tokens x V'),
+             (lambda got, want, a: got[A] < want[A], "per layer Korthikanti et al.'s s·b·h·(34 + 5·a·s/h) bytes: the a·s² terms are the attention scores, softmax and dropout")]
+    def inputs(g): return _gpt_style_spec(g), int(torch.randint(1, 9, (1,), generator=g))
+    return check_function('training_memory', lambda s, b: pick(fn(s, b)), _reference_memory, inputs, trials=trials, rtol=1e-9, atol=0,
+                          seed=seed, raise_on_fail=raise_on_fail, hints=hints)
+
