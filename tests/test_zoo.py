@@ -14,10 +14,11 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / 'cache'
 
 def test_recipes_are_well_formed():
-    assert {'tiny-gpt2', 'tiny-llama'} <= set(ZOO)
+    assert {'tiny-gpt2', 'tiny-llama', 'small-gpt2', 'small-gpt2-sft'} <= set(ZOO)
     for name in ZOO:
         spec = zoo_spec(name)
-        assert spec['name'] == name and spec['arch'] in ('gpt2', 'llama') and spec['train']['max_steps'] >= 100
+        assert spec['name'] == name and spec['train']['max_steps'] >= 100
+        assert spec.get('arch') in ('gpt2', 'llama') or (spec['base'] in ZOO and spec['trainer'].startswith('llm_lab.'))
         small = zoo_spec(name, 7)
         assert small['train']['max_steps'] == 7 and small['train']['warmup_steps'] <= 7 and small['train']['eval_every'] <= 7
     with pytest.raises(KeyError, match='tiny-gpt2'): zoo_spec('gpt-5')
@@ -79,3 +80,23 @@ def test_concurrent_first_calls_train_once(cache):
     trained = sum('validation loss' in err for _, err in outs)   # the summary line of train_zoo_model
     assert trained == 1, outs
     assert len({out.split('CREATED')[1] for out, _ in outs}) == 1   # both loaded the same model
+
+
+def test_small_gpt2_recipe_and_lazy_sft_trainer(cache, monkeypatch):
+    spec = zoo_spec('small-gpt2-sft', 3)
+    assert spec['base_spec'] == zoo_spec('small-gpt2', 3) and spec['base_spec']['arch'] == 'gpt2'  # a changed base retrains the SFT model
+    assert 'llm_lab.finetune' in spec['trainer']
+    src = Path(zoo.__file__).read_text()
+    assert 'from llm_lab.finetune' not in src and 'from .finetune' not in src   # imported lazily, never at module level
+    calls = []
+    def fake_trainer(spec, max_steps, verbose):   # stands in for chapter 12's SFT: the zoo must call the registered trainer
+        calls.append(max_steps)
+        model, tok = pretrained(spec['base'], max_steps=max_steps, verbose=False)
+        return model, tok, {'val_loss': 0.0}
+    import llm_lab.finetune as ft
+    monkeypatch.setattr(ft, 'train_sft_zoo_model', fake_trainer)
+    model, tok = pretrained('small-gpt2-sft', max_steps=3, verbose=False)
+    assert calls == [3] and all(s in tok.special_tokens for s in zoo.CHAT_TOKENS)
+    base = zoo_info('small-gpt2', 3)
+    assert set(base['val_loss_per_corpus']) == {'python-docs', 'tasks'} and base['tokens_seen'] == 3 * 16 * 128
+    assert base['params'] == model.num_params() and zoo_info('small-gpt2-sft', 3)['spec']['base'] == 'small-gpt2'
