@@ -490,3 +490,16 @@ def test_own_parts_give_identical_logits(name, parts):
 ])
 def test_wrong_parts_are_caught_when_built(parts, error, match):
     with pytest.raises(error, match=match): GPT(CONFIGS['gpt2'], **parts)
+
+
+def test_own_parts_leave_the_init_rng_alone():
+    "Checking a part you bring uses a private generator: with the same seed, the same names get the same initial weights."
+    torch.manual_seed(3); ref = GPT(CONFIGS['llama'])
+    torch.manual_seed(3); mine = GPT(CONFIGS['llama'], norm=CopyNorm, attention=CopyAttention)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), mine.state_dict().values()))
+
+
+def test_stub_part_raises_not_implemented():
+    class Stub(Block):
+        def forward(self, x, kv_cache=None, token_positions=None): raise NotImplementedError
+    with pytest.raises(NotImplementedError): GPT(CONFIGS['gpt2'], block=Stub)
