@@ -371,6 +371,10 @@ def test_plots_and_widget():
     assert ax.get_xlabel() and ax.get_ylabel()
     w = cost.budget_widget()
     assert len(w.children) >= 8
+    ax = cost.plot_budget_isoflops((1e21, 1e23))
+    assert len(ax.lines) == 2
+    ax = cost.plot_published()
+    assert len(ax.patches) == len(published_figures())
     plt.close('all')
 
 

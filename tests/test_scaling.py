@@ -11,6 +11,8 @@ from llm_lab.scaling import (scaling_law, huber, ScalingLaw, CHINCHILLA, BESIROG
                              non_embedding_params)
 from llm_lab.model import GPTConfig
 
+SMALL = dict(alpha=[0.2, 0.6], beta=[0.2, 0.6], e=[0.0, 1.0], a=[0, 5, 10], b=[0, 5, 10])   # 72 starts: the tests stay fast
+
 def synthetic(law, noise, seed=0, n=7):
     rng = np.random.default_rng(seed)
     N, D = np.meshgrid(np.logspace(7, 10, n), np.logspace(9, 12, n))
@@ -35,17 +37,17 @@ def test_objective_gradient_matches_finite_differences():
 @pytest.mark.parametrize('law', [CHINCHILLA, ScalingLaw(E=2.5, A=5000.0, B=900.0, alpha=0.45, beta=0.35)])
 def test_fit_recovers_known_constants(law):
     N, D, L = synthetic(law, 0.005, seed=1)
-    fit = fit_scaling_law(N, D, L)
+    fit = fit_scaling_law(N, D, L, grid=SMALL)
     assert fit.alpha == pytest.approx(law.alpha, abs=0.04) and fit.beta == pytest.approx(law.beta, abs=0.04)
     assert fit.E == pytest.approx(law.E, rel=0.05)
     assert np.abs(fit.loss(N, D) / law.loss(N, D) - 1).max() < 0.01
-    exact = fit_scaling_law(*synthetic(law, 0.0, seed=1))
+    exact = fit_scaling_law(*synthetic(law, 0.0, seed=1), grid=SMALL)
     assert exact.alpha == pytest.approx(law.alpha, abs=1e-3) and exact.A == pytest.approx(law.A, rel=0.02)
 
 def test_fit_is_robust_to_outliers():
     N, D, L = synthetic(CHINCHILLA, 0.003, seed=2)
     L = L.copy(); L.flat[[3, 17, 30]] *= 1.5          # three runs that went badly wrong
-    fit = fit_scaling_law(N, D, L)
+    fit = fit_scaling_law(N, D, L, grid=SMALL)
     assert fit.alpha == pytest.approx(0.34, abs=0.05) and fit.beta == pytest.approx(0.28, abs=0.05)
 
 def test_fit_input_errors():
@@ -109,3 +111,15 @@ def test_published_laws_and_their_sources():
     assert 'Hoffmann' in CHINCHILLA.source and 'Besiroglu' in BESIROGLU.source
     n, d = BESIROGLU.optimal(5.76e23)
     assert 15 < d / n < 30 and CHINCHILLA.optimal(5.76e23)[1] / CHINCHILLA.optimal(5.76e23)[0] > 30
+
+
+def test_plots():
+    import matplotlib.pyplot as plt
+    from llm_lab.scaling import plot_scaling_fit, plot_isoflop
+    N, D, L = synthetic(CHINCHILLA, 0.0, n=3)
+    pts = [{'N': n, 'D': d, 'loss': l} for n, d, l in zip(N.ravel(), D.ravel(), L.ravel())]
+    ax = plot_scaling_fit(pts, CHINCHILLA)
+    assert len(ax.lines) == 2 * 3                    # a fitted line and the dots per model size
+    ax = plot_isoflop(20.0, CHINCHILLA, BESIROGLU)
+    assert len(ax.lines) == 4 and ax.get_xscale() == 'log'
+    plt.close('all')
