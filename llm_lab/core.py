@@ -264,7 +264,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'pretrain': ('llm_lab.train:pretrain_cli', 'train a GPT on a corpus from a config file or flags'),
     'generate': ('llm_lab.generate:generate_cli', 'sample text from a checkpoint'),
     'cost':     ('llm_lab.cost:cost_cli', 'FLOPs, memory, time, dollars and energy of a training run'),
-    'gpus':     ('llm_lab.cost:gpus_cli', 'list the hardware catalog'),
+    'gpus':     ('llm_lab.hardware:gpus_cli', 'list the hardware catalog'),
     'models':   ('llm_lab.cost:models_cli', 'list the model catalog'),
     'finetune': ('llm_lab.finetune:finetune_cli', 'fine-tune a checkpoint or zoo model (full or LoRA) on instructions or a classification task'),
     'serve':    ('llm_lab.serve:serve_cli', 'serve a model over an OpenAI-compatible HTTP API'),

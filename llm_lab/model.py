@@ -266,7 +266,8 @@ class MultiHeadAttention(Attention):
         else: mask, is_causal = causal_mask(T, k.shape[-2], device=x.device), False  # bottom-right
         if self.attn_impl == 'triton' and mask is None:
             n_rep = self.n_head // self.n_kv_head
-            y = _triton_flash_attention()(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), causal=is_causal)
+            y = _triton_flash_attention()(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), causal=is_causal,
+                                          dropout_p=self.dropout if self.training else 0.0)  # the kernel refuses > 0: no silent drop
         else: y = self.attend(q, k, v, mask, is_causal)           # (B, H, T, D); triton with a mask falls back to sdpa
         return F.dropout(self.o_proj(merge_heads(y)), self.dropout, self.training)  # (B, T, d_model)
 

@@ -153,6 +153,5 @@ def test_the_detector_detects():
     assert not _PEAK.search("tokens = 1.4e12") and not _GPU_KEYED.search("'h100-sxm': get_gpu('h100-sxm')")
 
 
-@pytest.mark.xfail(strict=False, reason='train.PEAK_FLOPS (09) and kernels.ops.GPU_SPECS (18) switch to llm_lab.hardware; the lead flips this')
 def test_no_other_module_defines_a_peak_table():
     assert _offenders() == []

@@ -503,3 +503,14 @@ def test_stub_part_raises_not_implemented():
     class Stub(Block):
         def forward(self, x, kv_cache=None, token_positions=None): raise NotImplementedError
     with pytest.raises(NotImplementedError): GPT(CONFIGS['gpt2'], block=Stub)
+
+
+def test_triton_attention_refuses_dropout_instead_of_dropping_it():
+    "attn_impl='triton' with attention dropout in training mode raises (the kernel has no dropout); eval mode runs."
+    from conftest import require
+    require('triton')  # Linux only (skipped elsewhere); `make test` installs it, so there a missing Triton fails
+    from llm_lab.model import GPT, GPTConfig
+    model = GPT(GPTConfig.gpt2(vocab_size=64, context_len=16, n_layer=1, n_head=2, d_model=32, dropout=0.1, attn_impl='triton'))
+    idx = torch.randint(0, 64, (1, 16))
+    with pytest.raises(ValueError, match='dropout'): model.train()(idx)
+    model.eval()(idx)
