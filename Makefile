@@ -29,8 +29,9 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python scripts/run_tests.py --flags "$(FLAGS)"
 
+# `make docs NBS="index 01_neurons"` executes only those pages (the others keep an earlier build's copy, if any).
 docs: $(STAMP)
-	$(BIN)/python scripts/docs.py
+	$(BIN)/python scripts/docs.py $(if $(NBS),--nbs "$(NBS)")
 
 clean:
 	rm -rf _docs _proc .pytest_cache .hypothesis nbs/nbdev.yml
