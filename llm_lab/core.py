@@ -314,6 +314,9 @@ PACKAGES = {  # distribution: (import name, which install brings it, what the co
     'execnb': ('execnb', 'dev', 'runs notebooks in tests'), 'fastcore': ('fastcore', 'dev', "nbdev's base library"),
     'pytest': ('pytest', 'dev', 'the test suite'), 'pytest-xdist': ('xdist', 'dev', 'parallel tests'),
     'hypothesis': ('hypothesis', 'dev', 'property-based tests'), 'pyflakes': ('pyflakes', 'dev', 'the undefined-name check'),
+    'gguf': ('gguf', 'dev', 'GGUF export of quantised models (llama.cpp)'), 'selenium': ('selenium', 'dev', 'browser tests of the lab and the site'),
+    'trl': ('trl', 'dev', 'parity of the alignment losses with TRL'), 'openai': ('openai', 'dev', 'the OpenAI client that tests `llm-lab serve`'),
+    'fastapi': ('fastapi', 'serve', 'the HTTP API of `llm-lab serve`'), 'uvicorn': ('uvicorn', 'serve', 'the web server of `llm-lab serve`'),
 }
 
 def _version_of(module: str) -> str:

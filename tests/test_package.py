@@ -40,27 +40,27 @@ def _settings(key: str) -> str:
     return cfg['DEFAULT'][key]
 
 
-# In a fresh interpreter, refuse to import any third-party module that a plain `pip install llm_lab` would not bring.
-ONLY_RUNTIME = """
-import sys, importlib.abc, importlib.metadata as md
-allowed_dists = set({dists!r})
-owners = md.packages_distributions()
-def third_party_allowed(top):
-    dists = owners.get(top)
-    if dists is None: return True  # stdlib, or llm_lab itself
-    return any(d.lower().replace('_', '-') in allowed_dists for d in dists) or top == 'llm_lab'
-class OnlyRuntime(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        top = name.split('.')[0]
-        if not third_party_allowed(top): raise ImportError(f'{{top}} is not a runtime dependency of llm_lab (blocked by the test)')
-sys.meta_path.insert(0, OnlyRuntime())
-"""
+def runtime_site(tmp_path) -> Path:
+    """A site-packages holding only what `pip install llm_lab` installs: links to the runtime distributions' files.
+    Python started with -S and this folder (plus the source tree) on its path sees no other installed package, as
+    in a fresh virtual environment: an undeclared import fails exactly as it would for a user."""
+    site = tmp_path / 'site'
+    site.mkdir()
+    for name in runtime_distributions():
+        dist = md.distribution(name)
+        for top in {f.parts[0] for f in dist.files or [] if f.parts and f.parts[0] != '..' and not f.name.endswith('.pth')}:
+            target, link = Path(dist.locate_file(top)), site / top
+            if target.exists() and not link.exists(): link.symlink_to(target, target_is_directory=target.is_dir())
+    return site
 
 
 def run_with_runtime_only(code: str, tmp_path, timeout=300):
-    script = ONLY_RUNTIME.format(dists=sorted(runtime_distributions())) + textwrap.dedent(code)
-    return subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
-                          env={**__import__('os').environ, 'LLM_LAB_CACHE': str(tmp_path / 'cache'), 'LLM_LAB_QUIET': '1'})
+    site = runtime_site(tmp_path)
+    env = {k: v for k, v in __import__('os').environ.items() if not k.startswith('PYTHON')}
+    env.update(PYTHONPATH=f'{site}{__import__("os").pathsep}{ROOT}', LLM_LAB_CACHE=str(tmp_path / 'cache'), LLM_LAB_QUIET='1',
+               MPLCONFIGDIR=str(tmp_path / 'mpl'))
+    return subprocess.run([sys.executable, '-S', '-c', textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=tmp_path, env=env)
 
 
 def test_runtime_dependencies_are_declared():
@@ -77,10 +77,13 @@ def test_every_module_imports_with_runtime_dependencies_only(tmp_path):
     assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-3000:]
 
 
-def test_the_blocker_really_blocks(tmp_path):
-    "The check above can fail: an extra (transformers) does not import under it."
-    out = run_with_runtime_only("import transformers", tmp_path)
-    assert out.returncode != 0 and 'not a runtime dependency' in out.stderr
+def test_the_runtime_site_really_lacks_the_extras(tmp_path):
+    "The check above can fail: an extra (transformers, pytest) is absent there, while torch and regex import."
+    out = run_with_runtime_only("""
+        import importlib.util, torch, regex
+        assert importlib.util.find_spec('transformers') is None and importlib.util.find_spec('pytest') is None
+        print('ok')""", tmp_path)
+    assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-3000:]
 
 
 def test_pretrain_and_generate_with_runtime_dependencies_only(tmp_path):
@@ -109,3 +112,29 @@ def test_doctor_lists_every_declared_dependency():
     assert declared <= set(PACKAGES), f'declared but not in core.PACKAGES: {sorted(declared - set(PACKAGES))}'
     info = doctor()
     assert all(dist in info for dist in PACKAGES) and info['torch']
+
+
+@pytest.mark.skipif(__import__('os').environ.get('LLM_LAB_FRESH_VENV') != '1',
+                    reason='set LLM_LAB_FRESH_VENV=1 (make test does) to install llm_lab into a fresh venv (about 2 minutes)')
+def test_plain_pip_install_in_a_fresh_venv(tmp_path):
+    "`pip install llm_lab` (no extras) into a new virtual environment, then `llm-lab pretrain` and `generate` run."
+    import venv
+    env_dir = tmp_path / 'venv'
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / ('Scripts' if sys.platform == 'win32' else 'bin')
+    pip = subprocess.run([str(bin_dir / 'python'), '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check',
+                          '-c', str(ROOT / 'requirements-lab.txt'), str(ROOT)], capture_output=True, text=True, timeout=1200)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    extras = subprocess.run([str(bin_dir / 'python'), '-c', 'import transformers'], capture_output=True)
+    assert extras.returncode != 0, 'a plain install must not bring the extras'
+    (tmp_path / 'corpus').mkdir()
+    for i in range(20): (tmp_path / 'corpus' / f'doc{i}.txt').write_text(f'Document {i}. The quick brown fox jumps over the lazy dog. ' * 20)
+    env = {**__import__('os').environ, 'LLM_LAB_CACHE': str(tmp_path / 'cache'), 'LLM_LAB_QUIET': '1'}
+    cli = str(bin_dir / 'llm-lab')
+    run = subprocess.run([cli, 'pretrain', '--data', 'corpus', '--out', 'ckpt', '--vocab-size', '300', '--context-len', '32',
+                          '--n-layer', '1', '--n-head', '2', '--d-model', '32', '--steps', '5', '--batch-size', '4',
+                          '--eval-every', '5', '--device', 'cpu'], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    gen = subprocess.run([cli, 'generate', 'ckpt', '--prompt', 'The quick', '-n', '5'], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=300)
+    assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr[-3000:]
