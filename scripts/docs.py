@@ -260,8 +260,10 @@ def main():
     ap.add_argument('--force', action='store_true', help='run pages even when their processed copy is up to date')
     ap.add_argument('--no-render', action='store_true', help='stop after processing')
     ap.add_argument('--plain', action='store_true', help='render the plain HTML site even when Quarto is installed')
+    ap.add_argument('--sidebar', action='store_true', help='only write nbs/sidebar.yml (after adding a notebook)')
     ap.add_argument('--process-one', help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.sidebar: return (NBS / 'sidebar.yml').write_text(sidebar_yml(), encoding='utf-8')
     if args.process_one:
         page = Path(args.process_one)
         return process_one(NBS / page, PROC / page, set(os.environ.get('LLM_LAB_DOCS_SKIP', 'slow gpu').split()))

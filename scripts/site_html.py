@@ -120,7 +120,8 @@ def prepare(nb) -> dict:
                 cell.metadata.setdefault('transient', {})['remove_source'] = True
             if opts.get('output') == 'false' or opts.get('include') == 'false': cell.outputs = []
             if opts.get('include') == 'false': continue
-            for o in cell.get('outputs', []):
+            cell.outputs = [o for o in cell.get('outputs', []) if o.get('output_type') != 'stream' or o.get('text', '').strip()]
+            for o in cell.outputs:
                 if WIDGET_MIME in o.get('data', {}):
                     o['data'] = {'text/html': WIDGET_NOTE}
         cells.append(cell)
@@ -152,7 +153,8 @@ def rewrite_links(body: str, page: str, built: set, doc_url: str) -> str:
 
 def build(proc: Path, out: Path) -> int:
     "Render every processed notebook under `proc` into `out`; return the number of pages."
-    import nbformat, shutil
+    import nbformat, shutil, warnings
+    warnings.filterwarnings('ignore', message='Cell is missing an id field')  # nbdev's inserted show_doc cells
     from nbconvert import HTMLExporter
     from pygments.formatters import HtmlFormatter
     from nbdev.config import get_config
