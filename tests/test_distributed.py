@@ -1,0 +1,72 @@
+"""Chapter 11: collectives, the ring all-reduce, data parallel (per parameter and bucketed), ZeRO-1/2, torch's DDP and
+ZeroRedundancyOptimizer, each equal to single-process training, with real processes (gloo on loopback). One process group
+runs every check (starting processes is the slow part)."""
+import pytest
+import torch
+
+from llm_lab.distributed import (launch, selftest_worker, train_single, toy_model, toy_batches, comm_bytes, ring_all_reduce,
+                                 ThreadComm, state_bytes)
+from llm_lab.model import GPT, GPTConfig
+
+
+@pytest.fixture(scope='module')
+def runs():
+    return launch(selftest_worker, 2, timeout=240)
+
+
+def test_collectives(runs):
+    xs = [r['collectives']['x'] for r in runs]; total = sum(xs)
+    for r, o in enumerate(runs):
+        o = o['collectives']
+        assert torch.equal(o['broadcast'], xs[0]) and torch.equal(o['all_reduce'], total)
+        assert torch.equal(o['reduce_scatter'], total.chunk(2)[r])
+        assert torch.equal(o['all_gather'], torch.cat(xs))
+        assert torch.equal(o['all_to_all'], torch.cat([x.chunk(2)[r] for x in xs]))
+
+
+def test_ring_on_real_processes(runs):
+    want = torch.arange(10, dtype=torch.float64) * 3   # rank 0 holds 1x, rank 1 2x
+    for r in runs: assert torch.equal(r['ring'], want)
+
+
+@pytest.mark.parametrize('world', [2, 3, 4, 5])
+def test_ring_bytes_are_the_formula(world):
+    xs = [torch.randn(world * 7, dtype=torch.float64) for _ in range(world)]
+    comm = ThreadComm(world); outs = comm.run(ring_all_reduce, [(x,) for x in xs])
+    assert all(torch.allclose(o, sum(xs)) for o in outs)
+    assert comm.sent == [comm_bytes('all_reduce', world * 7 * 8, world)] * world
+    assert comm_bytes('reduce_scatter', 100, world) + comm_bytes('all_gather', 100, world) == comm_bytes('all_reduce', 100, world)
+
+
+@pytest.mark.parametrize('name', ['ddp_per_param', 'ddp_bucketed', 'zero1', 'zero2', 'torch_ddp', 'torch_zero'])
+def test_strategy_equals_single_process(runs, name):
+    want = train_single(toy_model(seed=0), toy_batches(3))
+    for r in runs:
+        for a, b in zip(r['strategies'][name]['params'], want): assert (a - b).abs().max() < 1e-6
+
+
+def test_zero_shards_optimizer_state(runs):
+    full = runs[0]['strategies']['ddp_per_param']['opt_bytes']
+    n = sum(p.numel() for p in toy_model().parameters())
+    assert full == 2 * 8 * n                                   # AdamW: two float64 tensors per parameter
+    for name in ('zero1', 'zero2'):
+        per_rank = [r['strategies'][name]['opt_bytes'] for r in runs]
+        assert sum(per_rank) <= full + 2 * 16 and max(per_rank) <= full / 2 + 16
+    assert sum(r['strategies']['torch_zero']['opt_bytes'] for r in runs) == full   # whole parameters per rank: same total
+
+
+def test_data_parallel_around_gpt(runs):
+    torch.manual_seed(0)   # rank 0's init, which DataParallel broadcasts
+    cfg = GPTConfig.gpt2(vocab_size=64, context_len=16, n_layer=2, n_head=2, d_model=32)
+    m = GPT(cfg).double(); opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        idx = torch.randint(0, 64, (4, 16), generator=g)
+        opt.zero_grad(); m(idx, idx.roll(-1, 1))[1].backward(); opt.step()
+    for r in runs:
+        for a, b in zip(r['gpt'], m.parameters()): assert (a - b.detach()).abs().max() < 1e-6
+
+
+def test_launch_reports_worker_errors():
+    with pytest.raises(RuntimeError, match='rank'):
+        launch(comm_bytes, 1)   # comm_bytes(rank, world) misses an argument: the traceback comes back
