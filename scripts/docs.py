@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / 'nbs'
 PROC = ROOT / '_proc'
 NB_TIMEOUT_S = 900          # a page that runs longer than this is a bug (chapter budget: 90 s, 4 min when training)
+WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
+WIDGET_NOTE = ('<p class="widget-note">▸ An interactive control runs here in the lab (<code>make lab</code>); '
+               'a static page cannot run it. The figure beside it shows the same idea at fixed settings.</p>')
 EXECUTED = 'llm_lab_executed'  # notebook metadata key marking a processed copy that was executed in full
 
 
@@ -184,6 +187,9 @@ def process_one(src: Path, dst: Path, skip_flags: set):
     os.chdir(src.parent)
     nb = read_nb(src)
     ExecDefaults()(nb)
+    for cell in nb.cells:  # a static page cannot run a widget: a note instead (the chapter's static figure is beside it)
+        for o in cell.get('outputs', []):
+            if WIDGET_MIME in o.get('data', {}): o['data'] = {'text/html': WIDGET_NOTE}
     nb.metadata[EXECUTED] = True
     dst.parent.mkdir(parents=True, exist_ok=True)
     write_nb(nb, dst)

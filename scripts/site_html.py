@@ -15,9 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import docs  # noqa: E402
 
-WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
-WIDGET_NOTE = ('<p class="widget-note">▸ An interactive control runs here in the lab (<code>make lab</code>); '
-               'a static page cannot run it. The figure beside it shows the same idea at fixed settings.</p>')
+from docs import WIDGET_MIME, WIDGET_NOTE  # noqa: E402  (also applied by docs.py; kept for older processed copies)
 MATHJAX = ('<script>window.MathJax={tex:{inlineMath:[["$","$"],["\\\\(","\\\\)"]],processEscapes:true}};</script>\n'
            '<script async src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>')
 

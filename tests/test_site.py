@@ -45,10 +45,25 @@ def chrome(width=1400, height=1000):
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def site(tmp_path_factory):
-    "A copy of the repository with _docs/ built from the executed subset; returns (root, seconds it took)."
-    work = tmp_path_factory.mktemp('site') / 'repo'
+    """A copy of the repository with _docs/ built from the executed subset; returns (root, seconds it took).
+    Built once even when pytest-xdist spreads these tests over workers (they share the base temp folder)."""
+    from filelock import FileLock  # comes with torch
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get('PYTEST_XDIST_WORKER') else tmp_path_factory.getbasetemp()
+    with FileLock(str(shared / 'llm_lab_site.lock')):
+        done = shared / 'llm_lab_site.json'
+        if done.exists():
+            path, secs = json.loads(done.read_text())
+            return Path(path), secs
+        work, secs = _build_site(shared / 'llm_lab_site')
+        done.write_text(json.dumps([str(work), secs]))
+        return work, secs
+
+
+def _build_site(base: Path):
+    if base.exists(): shutil.rmtree(base)
+    work = base / 'repo'
     ignore = shutil.ignore_patterns('.venv', '.git', '_proc', '_docs', '__pycache__', '.ipynb_checkpoints', '*.egg-info')
     shutil.copytree(ROOT, work, symlinks=True, ignore=ignore)
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + '/usr/bin:/bin', LLM_LAB_QUIET='1')
@@ -56,7 +71,7 @@ def site(tmp_path_factory):
     out = subprocess.run([sys.executable, 'scripts/docs.py', '--nbs', SUBSET, '--plain'], cwd=work,
                          capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return work, time.time() - t0
+    return work, round(time.time() - t0, 1)
 
 
 class _Page(HTMLParser):
