@@ -61,6 +61,17 @@ def test_engine_mixed_lengths_equal_generate_and_free_everything(tiny):
     assert eng.max_running == 3 and len(eng.cache.free) == eng.cache.num_blocks == eng.free_blocks
 
 
+def test_abort_while_waiting_or_running(tiny):
+    model, tok = tiny
+    eng = Engine(model, max_batch=1)
+    seen = []
+    a, b = (eng.submit([1, 2, 3], 50, on_token=lambda r, t, reason: seen.append((r.id, reason))) for _ in range(2))
+    eng.step(); eng.abort(a); eng.abort(b)                   # a is running, b still waits
+    eng.run_until_done()
+    assert a.finish_reason == b.finish_reason == 'abort' and b.output == [] and len(a.output) == 1
+    assert seen.count((b.id, 'abort')) == 1 and seen.count((a.id, 'abort')) == 1 and eng.free_blocks == eng.cache.num_blocks
+
+
 def test_static_policy_admits_only_into_an_empty_batch(tiny):
     model, tok = tiny
     out = {}
