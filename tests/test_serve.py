@@ -113,6 +113,19 @@ def test_speculative_sampling_follows_the_target_distribution():
     assert chisquare(counts[keep].numpy(), (exp * counts[keep].sum() / exp.sum()).numpy()).pvalue > 1e-3
 
 
+def test_chat_prompt_uses_the_sft_template_when_the_tokenizer_has_it(tiny):
+    from llm_lab.tokenizer import BPETokenizer, EOT
+    from llm_lab.zoo import CHAT_TOKENS
+    from llm_lab.finetune import encode_chat
+    msgs = [{'role': 'user', 'content': 'What is 2 + 2?'}]
+    chat_tok = BPETokenizer.train(['What is two plus two? It is four. ' * 20], 300, special_tokens=[EOT, *CHAT_TOKENS])
+    ids, stop_ids, stops = chat_prompt(chat_tok, msgs)
+    assert ids == encode_chat(chat_tok, msgs, add_generation_prompt=True)[0] and stops == []
+    assert chat_tok.special_tokens['<|end|>'] in stop_ids
+    ids, stop_ids, stops = chat_prompt(tiny[1], msgs)                       # a base model: the plain template
+    assert tiny[1].decode(ids) == 'User: What is 2 + 2?\nAssistant:' and '\nUser:' in stops
+
+
 # --- the HTTP server ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def server(tiny):
