@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, math, random, sys, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from .attention import causal_mask, merge_heads
 from .tokenizer import BPETokenizer
 from .tasks import Task, make_tasks, exact_match, is_heldout, TASK_KINDS
 from .train import corpus_tokens, evaluate, save_weights, load_weights
+if TYPE_CHECKING: import transformers  # for annotations only: imported lazily where it is used
 
 # %% auto #0
 __all__ = ['TOPIC_GROUPS', 'hf_gpt2_config', 'hf_gpt2_state_dict', 'to_hf_gpt2', 'save_hf', 'hidden_states', 'last_token_index',
