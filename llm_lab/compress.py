@@ -15,17 +15,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import CheckReport, check_function, subplots, has_triton
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, KVCache
 from .tuners import nf4_quantize, nf4_dequantize
 
 # %% auto #0
-__all__ = ['FP8_FORMATS', 'TRITON_MISSING', 'linear_layers', 'calibration_inputs', 'compress_weights', 'model_bytes',
-           'layer_error', 'QTensor', 'quantize', 'fake_quantize', 'fp8_fake_quantize', 'nf4_fake_quantize', 'hessian',
-           'gptq_quantize', 'obq_quantize', 'magnitude_mask', 'global_magnitude_masks', 'nm_mask', 'wanda_mask',
-           'prune_neurons', 'prune_heads', 'distill_loss', 'hidden_loss', 'train_student', 'shared_layers_model',
-           'FactorizedEmbedding', 'pack_int4', 'unpack_int4', 'lowbit_matmul', 'lowbit_matmul_reference', 'gguf_names',
-           'save_gguf', 'load_gguf', 'latency_per_token', 'pareto_front', 'plot_pareto', 'quant_error_grid',
-           'plot_quantized_row', 'check_group_int4', 'check_gptq', 'check_nm_mask', 'check_distill_loss']
+__all__ = ['FLOAT_BITS', 'GGUF_BITS', 'FP8_FORMATS', 'TRITON_MISSING', 'linear_layers', 'calibration_inputs', 'compress_weights',
+           'model_bytes', 'layer_error', 'QTensor', 'quantize', 'fake_quantize', 'bits_per_weight', 'fp8_fake_quantize',
+           'nf4_fake_quantize', 'int8_rows', 'int8_matmul', 'int8_outlier_matmul', 'w8a8_matmul', 'smooth_scales',
+           'fold_smoothing', 'hessian', 'gptq_quantize', 'obq_quantize', 'Int8KVCache', 'magnitude_mask',
+           'global_magnitude_masks', 'nm_mask', 'wanda_mask', 'prune_neurons', 'prune_heads', 'distill_loss',
+           'hidden_loss', 'train_student', 'shared_layers_model', 'FactorizedEmbedding', 'pack_int4', 'unpack_int4',
+           'lowbit_matmul', 'lowbit_matmul_reference', 'gguf_names', 'save_gguf', 'load_gguf', 'latency_per_token',
+           'pareto_front', 'plot_pareto', 'quant_error_grid', 'plot_quantized_row', 'check_group_int4', 'check_gptq',
+           'check_nm_mask', 'check_distill_loss']
 
 # %% ../nbs/6_efficiency/17_compression.ipynb #0062be42
 def linear_layers(model: GPT) -> dict[str, nn.Linear]:
@@ -136,6 +138,26 @@ def fake_quantize(w: torch.Tensor, bits: int = 8, scheme: str = 'absmax', group_
     "quantize then dequantize: the weights the quantised model really computes with, (out, in) float32."
     return quantize(w, bits, scheme, group_size).dequantize()
 
+# %% ../nbs/6_efficiency/17_compression.ipynb #a180b648
+FLOAT_BITS = {'fp32': 32, 'tf32': 32, 'bf16': 16, 'fp16': 16, 'fp8': 8, 'fp8_e4m3': 8, 'fp8_e5m2': 8}  # tf32 is stored as fp32
+GGUF_BITS = {'Q8_0': 8.5, 'Q4_0': 4.5}  # llama.cpp: blocks of 32 codes + one fp16 scale (34 and 18 bytes)
+
+def bits_per_weight(fmt: str, # 'fp32', 'bf16', 'fp8', 'int8', 'int4-g128', 'int3', 'nf4', 'Q8_0', 'Q4_0'...
+                    group_size: int | None = None, # weights per scale for 'int<b>' (None: per tensor/channel, scales negligible)
+                    zero_point: bool = False, # a b-bit zero point per group too (asymmetric codes)
+                    double_quant: bool = True, # NF4: absmax constants stored in 8 bits (QLoRA) instead of fp32
+                   ) -> float:
+    "Storage bits per weight of a format, scales included: the one definition the table and chapter 21's cost calculator use."
+    if fmt in FLOAT_BITS: return float(FLOAT_BITS[fmt])
+    if fmt in GGUF_BITS: return GGUF_BITS[fmt]
+    if fmt == 'nf4': return 4 + 8 / 64 + 32 / (64 * 256) if double_quant else 4 + 32 / 64
+    if fmt.startswith('int'):
+        b, _, g = fmt[3:].partition('-g')                                    # 'int4-g128' -> 4, 128
+        if not b.isdigit() or (g and not g.isdigit()): raise ValueError(f"int formats look like 'int4' or 'int4-g128', got {fmt!r}")
+        b, g = int(b), int(g) if g else group_size
+        return b + (16 + (b if zero_point else 0)) / g if g else float(b)
+    raise ValueError(f"unknown format {fmt!r}: one of {[*FLOAT_BITS, *GGUF_BITS, 'nf4']} or 'int<b>[-g<group>]'")
+
 # %% ../nbs/6_efficiency/17_compression.ipynb #f297dee3
 FP8_FORMATS = {'e4m3': torch.float8_e4m3fn, 'e5m2': torch.float8_e5m2}  # 4 exponent/3 mantissa bits (max 448), 5/2 (max 57344)
 
@@ -151,6 +173,51 @@ def nf4_fake_quantize(w: torch.Tensor, block_size: int = 64) -> torch.Tensor:
     "Chapter 13's NF4 (block-wise absmax onto 16 normal quantiles), round trip: (out, in) float32."
     codes, absmax = nf4_quantize(w, block_size)
     return nf4_dequantize(codes, absmax, block_size).view(w.shape)
+
+# %% ../nbs/6_efficiency/17_compression.ipynb #fbe92721
+def int8_rows(a: torch.Tensor, # (n, k)
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Vector-wise absmax int8: codes (n, k) in −127..127 (held in float) and one scale per row (n, 1)."
+    s = a.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
+    return (a / s).round().clamp(-127, 127), s
+
+def int8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    "x (n, k) · Wᵀ (out, k) → (n, out) with both in vector-wise int8: a scale per token row of x and per output row of W."
+    qx, sx = int8_rows(x)                                                    # (n, k), (n, 1)
+    qw, sw = int8_rows(w)                                                    # (out, k), (out, 1)
+    return (qx @ qw.T) * sx * sw.T                                           # int32 accumulation (exact in float here), rescaled
+
+def int8_outlier_matmul(x: torch.Tensor, # (n, k) activations
+                        w: torch.Tensor, # (out, k) weights
+                        threshold: float = 6.0, # a feature (column of x) with any |value| above it is an outlier
+                       ) -> torch.Tensor:
+    "LLM.int8() (Dettmers et al. 2022): outlier features multiplied in float, all other features in vector-wise int8; (n, out)."
+    out = x.abs().amax(dim=0) > threshold                                    # (k,) the few outlier features
+    return x[:, out] @ w[:, out].T + int8_matmul(x[:, ~out], w[:, ~out])
+
+# %% ../nbs/6_efficiency/17_compression.ipynb #d7a5ab37
+def w8a8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    "W8A8: activations in int8 with ONE scale for the whole tensor (static, as fast kernels use), weights per output channel; (n, out)."
+    sx = x.abs().max().clamp_min(1e-12) / 127
+    qw, sw = int8_rows(w)
+    return ((x / sx).round().clamp(-127, 127) @ qw.T) * sx * sw.T
+
+def smooth_scales(x_absmax: torch.Tensor, # (k,) max |x_j| per input feature, on calibration data
+                  w: torch.Tensor, # (out, k) the Linear's weight (or several Linears' weights stacked along out)
+                  alpha: float = 0.5, # 0: all difficulty stays in x; 1: all moves to W
+                 ) -> torch.Tensor:
+    "SmoothQuant's per-feature factor s_j = max|x_j|^α / max|W_:,j|^(1−α): x / s and W · s quantise about equally well."
+    return x_absmax.clamp_min(1e-5) ** alpha / w.detach().abs().amax(dim=0).clamp_min(1e-5) ** (1 - alpha)
+
+@torch.no_grad()
+def fold_smoothing(norm: nn.Module, # the LayerNorm (weight, bias) feeding `linears`
+                   linears: list[nn.Linear], # the Linear layers that read norm's output
+                   s: torch.Tensor, # (d,) from smooth_scales
+                  ) -> None:
+    "Fold SmoothQuant's s into the model, in place: norm's output divided by s, each Linear's input columns multiplied by s."
+    norm.weight.div_(s)
+    if getattr(norm, 'bias', None) is not None: norm.bias.div_(s)
+    for lin in linears: lin.weight.mul_(s[None, :])
 
 # %% ../nbs/6_efficiency/17_compression.ipynb #8ce238e6
 def hessian(x: torch.Tensor, # (n, in) inputs the layer saw on calibration data
@@ -221,6 +288,33 @@ def obq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int = 4, damp: float = 
             w_r -= (w_r[i] - q) / Hinv[i, i] * Hinv[:, i]                    # the OBS update: the best change of the rest
             Hinv = Hinv - Hinv[:, i:i + 1] @ Hinv[i:i + 1, :] / Hinv[i, i]   # drop input i (Gaussian elimination)
     return Q.to(w.dtype)
+
+# %% ../nbs/6_efficiency/17_compression.ipynb #fca88b09
+class Int8KVCache(KVCache):
+    "A KVCache that stores keys and values as int8 codes with one fp16 absmax scale per (sequence, head, token); returns them dequantised."
+    def __init__(self, config: GPTConfig, batch_size: int):
+        super().__init__(config, batch_size)
+        self.k_scale: list[torch.Tensor | None] = [None] * config.n_layer
+        self.v_scale: list[torch.Tensor | None] = [None] * config.n_layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "Quantise the new (B, Hkv, T, D) keys/values into the slots after `pos`; return all of them dequantised, (B, Hkv, pos+T, D)."
+        B, H, T, D = k.shape
+        if B != self.batch_size: raise ValueError(f"this cache holds {self.batch_size} sequences, got keys for {B}")
+        end = self.pos + T
+        if end > self.config.context_len: raise ValueError(f"the KV cache holds {self.config.context_len} tokens; {self.pos} are stored and {T} more do not fit")
+        if self.k[layer] is None:
+            L = self.config.context_len
+            self.k[layer], self.v[layer] = (k.new_zeros(B, H, L, D, dtype=torch.int8) for _ in range(2))
+            self.k_scale[layer], self.v_scale[layer] = (k.new_zeros(B, H, L, 1, dtype=torch.float16) for _ in range(2))
+        for codes, scales, t in ((self.k[layer], self.k_scale[layer], k), (self.v[layer], self.v_scale[layer], v)):
+            s = (t.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-6) / 127).half()   # (B, H, T, 1) stored in fp16
+            codes[:, :, self.pos:end] = (t / s.to(t.dtype)).round().clamp(-127, 127).to(torch.int8)
+            scales[:, :, self.pos:end] = s
+        deq = lambda c, s: c[:, :, :end].to(k.dtype) * s[:, :, :end].to(k.dtype)
+        return deq(self.k[layer], self.k_scale[layer]), deq(self.v[layer], self.v_scale[layer])
+
+    def nbytes(self) -> int: return super().nbytes() + sum(t.numel() * t.element_size() for t in self.k_scale + self.v_scale if t is not None)
 
 # %% ../nbs/6_efficiency/17_compression.ipynb #2bd82e69
 def magnitude_mask(w: torch.Tensor, # any shape

@@ -132,3 +132,59 @@ def test_gguf_round_trip(tiny, tmp_path):
     q8 = load_gguf(save_gguf(tiny, tmp_path / 'q8.gguf', 'Q8_0'))
     ours = compress_weights(tiny, lambda n, w: fake_quantize(w, 8, 'absmax', 32))
     for n, p in q8.named_parameters(): assert torch.allclose(p, ours.get_parameter(n), atol=1e-4), n
+
+
+def test_llm_int8_and_smoothquant_with_planted_outliers():
+    from llm_lab.compress import int8_matmul, int8_outlier_matmul, w8a8_matmul, smooth_scales, fold_smoothing
+    torch.manual_seed(2)
+    x, w = torch.randn(256, 64), torch.randn(32, 64) * 0.1
+    ref = lambda x, w: x @ w.T
+    err = lambda y, x, w: float(((y - ref(x, w)) ** 2).sum() / (ref(x, w) ** 2).sum())
+    xo = x.clone(); xo[:, [3, 30]] *= 30                                     # two outlier features
+    assert err(int8_outlier_matmul(x, w), x, w) == pytest.approx(err(int8_matmul(x, w), x, w))   # no outliers: plain int8
+    assert err(int8_outlier_matmul(xo, w), xo, w) < 0.1 * err(int8_matmul(xo, w), xo, w)
+    s = smooth_scales(xo.abs().amax(0), w, 0.5)
+    assert torch.allclose((xo / s) @ (w * s).T, ref(xo, w), atol=1e-4)      # smoothing is exact in float
+    assert err(w8a8_matmul(xo / s, w * s), xo, w) < 0.5 * err(w8a8_matmul(xo, w), xo, w)
+    norm, lin = nn.LayerNorm(64), nn.Linear(64, 32)
+    with torch.no_grad(): norm.weight.uniform_(0.5, 2); norm.bias.normal_()
+    before = lin(norm(x)); fold_smoothing(norm, [lin], s)
+    assert torch.allclose(lin(norm(x)), before, atol=1e-4)                 # folded: the same function
+
+
+def test_int8_kv_cache(tiny):
+    from llm_lab.model import KVCache
+    from llm_lab.compress import Int8KVCache
+    ids = torch.randint(0, 64, (2, 32))
+    with torch.no_grad():
+        full = tiny(ids)[0]
+        caches = {c: c(tiny.config, 2) for c in (KVCache, Int8KVCache)}
+        got = {c: torch.cat([tiny(ids[:, :20], kv_cache=k)[0]] + [tiny(ids[:, t:t + 1], kv_cache=k)[0] for t in range(20, 32)], 1)
+               for c, k in caches.items()}
+    assert (got[Int8KVCache] - full).abs().max() < 0.05 * full.abs().max()
+    D = tiny.config.d_model // tiny.config.n_head
+    assert caches[Int8KVCache].nbytes() * 4 == caches[KVCache].nbytes() * (1 + 2 / D)
+    with pytest.raises(ValueError, match='sequences'): Int8KVCache(tiny.config, 3).update(0, torch.zeros(2, 4, 1, D), torch.zeros(2, 4, 1, D))
+
+
+def test_bits_per_weight_formats_and_cost():
+    from llm_lab.compress import bits_per_weight
+    from llm_lab.cost import estimate_inference, inference_memory, param_count, get_model, PRECISION_BYTES
+    w = torch.randn(16, 64)
+    for b, g, zp in [(4, 32, False), (4, 16, True), (8, 64, False), (3, 32, True)]:
+        assert bits_per_weight(f'int{b}', g, zero_point=zp) == quantize(w, b, 'zeropoint' if zp else 'absmax', g).nbytes() * 8 / w.numel()
+    assert bits_per_weight('int4-g128') == 4.125 and bits_per_weight('int8') == 8 and bits_per_weight('fp8') == 8
+    assert round(bits_per_weight('nf4'), 3) == 4.127 and bits_per_weight('nf4', double_quant=False) == 4.5
+    gguf = pytest.importorskip('gguf')
+    for fmt in ('Q8_0', 'Q4_0'):
+        packed = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType[fmt])
+        assert packed.nbytes * 8 / w.numel() == bits_per_weight(fmt)
+    with pytest.raises(ValueError, match='int formats'): bits_per_weight('int4x')
+    with pytest.raises(ValueError, match='unknown format'): bits_per_weight('q4')
+    assert PRECISION_BYTES['int4'] == 0.5 and PRECISION_BYTES['bf16'] == 2
+    spec = get_model('llama2-7b').spec
+    assert inference_memory(spec, weight_format='Q4_0')['weights'] == param_count(spec) * 4.5 / 8
+    bf16, q4 = estimate_inference(spec, batch=1), estimate_inference(spec, batch=1, weight_format='int4-g128')
+    assert q4.memory['weights'] == param_count(spec) * 4.125 / 8 and q4.weight_format == 'int4-g128'
+    assert q4.usd_per_million_tokens < 0.3 * bf16.usd_per_million_tokens < bf16.usd_per_million_tokens
+    assert estimate_inference(spec, batch=1, weight_format='bf16').usd_per_million_tokens == pytest.approx(bf16.usd_per_million_tokens)
