@@ -17,8 +17,8 @@ from .core import CheckReport, CheckFailed, not_attempted, subplots
 
 # %% auto #0
 __all__ = ['free_port', 'launch', 'collectives_demo', 'comm_bytes', 'ring_all_reduce', 'ThreadComm', 'DistComm', 'DataParallel',
-           'finish', 'ZeroOptimizer', 'state_bytes', 'toy_model', 'toy_batches', 'train_single', 'strategies_demo',
-           'selftest_worker', 'check_ring_all_reduce', 'check_zero1_step']
+           'finish', 'ZeroOptimizer', 'state_bytes', 'FSDP', 'full_state_dict', 'toy_model', 'toy_batches',
+           'train_single', 'strategies_demo', 'selftest_worker', 'check_ring_all_reduce', 'check_zero1_step']
 
 # %% ../nbs/3_pretraining/11_distributed.ipynb #84a239dc
 def free_port() -> int:
@@ -47,6 +47,7 @@ def _importable(fn):  # a function defined in this chapter's notebook (__main__)
 def _worker(rank, world, port, backend, fn, args, q):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)  # several processes share the cores
+    if backend == 'nccl': torch.cuda.set_device(rank)  # one GPU per rank
     try:
         dist.init_process_group(backend, rank=rank, world_size=world)
         q.put((rank, _plain(fn(rank, world, *args)), None))
@@ -89,13 +90,14 @@ def _reduce_scatter_into(out, x): return getattr(dist, 'reduce_scatter_single', 
 
 def collectives_demo(rank: int, world: int) -> dict:
     "Run the five collectives on a small tensor; what this rank holds after each (a worker for `launch`)."
-    x = torch.arange(2. * world) + 10 * rank                        # (2N,) different on every rank
+    dev = 'cuda' if dist.get_backend() == 'nccl' else 'cpu'        # NCCL moves GPU tensors only
+    x = torch.arange(2. * world, device=dev) + 10 * rank           # (2N,) different on every rank
     out = {'x': x.clone()}
     t = x.clone(); dist.broadcast(t, src=0); out['broadcast'] = t
     t = x.clone(); dist.all_reduce(t); out['all_reduce'] = t
-    t = torch.empty(2); _reduce_scatter_into(t, x); out['reduce_scatter'] = t        # chunk `rank` of the sum
-    t = torch.empty(2 * world * world); _all_gather_into(t, x); out['all_gather'] = t  # every rank's x, in rank order
-    t = torch.empty(2 * world); dist.all_to_all_single(t, x); out['all_to_all'] = t    # chunk `rank` of every rank's x
+    t = torch.empty(2, device=dev); _reduce_scatter_into(t, x); out['reduce_scatter'] = t        # chunk `rank` of the sum
+    t = torch.empty(2 * world * world, device=dev); _all_gather_into(t, x); out['all_gather'] = t  # every rank's x, in rank order
+    t = torch.empty(2 * world, device=dev); dist.all_to_all_single(t, x); out['all_to_all'] = t    # chunk `rank` of every rank's x
     return out
 
 # %% ../nbs/3_pretraining/11_distributed.ipynb #c739710b
@@ -267,9 +269,110 @@ def _zero_zero_grad(self: ZeroOptimizer):
 def state_bytes(optimizer) -> int:
     "Bytes of the optimizer state this rank holds (for a ZeroOptimizer: its slice's state)."
     opt = getattr(optimizer, 'optimizer', optimizer)
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    local = lambda v: getattr(v, '_local_tensor', v)                      # a DTensor (torch's FSDP2) counts its local shard
+    return sum(local(v).numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
 
 ZeroOptimizer.step, ZeroOptimizer.zero_grad = _zero_step, _zero_zero_grad
+
+# %% ../nbs/3_pretraining/11_distributed.ipynb #fef29a0f
+class _Gather(torch.autograd.Function):
+    "All-gather a flat shard into the full flat parameter (cast to the compute dtype); backward reduce-scatters its gradient."
+    @staticmethod
+    def forward(ctx, shard, world, dtype):
+        ctx.world, ctx.shard_dtype = world, shard.dtype
+        full = torch.empty(shard.numel() * world, dtype=shard.dtype, device=shard.device)
+        _all_gather_into(full, shard.detach())                                 # (N·shard,) every rank's slice, in rank order
+        return full.to(dtype) if dtype is not None else full
+    @staticmethod
+    def backward(ctx, g):
+        g = g.to(ctx.shard_dtype).contiguous()
+        out = torch.empty(g.numel() // ctx.world, dtype=g.dtype, device=g.device)
+        _reduce_scatter_into(out, g)                                           # sum over ranks of my slice only
+        return out / ctx.world, None, None
+
+class FSDP(nn.Module):
+    "ZeRO-3 from scratch: each unit's parameters live as a 1/N flat shard, all-gathered just before its forward and again in backward."
+    def __init__(self, module: nn.Module, # any module; its parameters are replaced by shards
+                 units: Sequence[nn.Module] | None = None, # the modules gathered one at a time (default: every module owning parameters)
+                 compute_dtype: torch.dtype | None = None, # e.g. torch.float32 or bfloat16: gathered weights are cast, shards stay
+                ):
+        super().__init__()
+        self.module, self.world, self.rank, self.compute_dtype = module, dist.get_world_size(), dist.get_rank(), compute_dtype
+        units = list(units) if units is not None else [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+        self.units, self.shards, self._meta, self._full, self._cache = units, nn.ParameterList(), [], {}, {}
+        for i, u in enumerate(units):
+            named = [(n, p) for n, p in u.named_parameters() if p.requires_grad]
+            with torch.no_grad():
+                for _, p in named: dist.broadcast(p, src=0)                    # every rank starts from rank 0's weights
+                flat = torch.cat([p.reshape(-1) for _, p in named])
+                k = -(-flat.numel() // self.world)                             # shard size: ceil(n / N)
+                flat = nn.functional.pad(flat, (0, k * self.world - flat.numel()))
+            self.shards.append(nn.Parameter(flat[self.rank * k:(self.rank + 1) * k].clone()))
+            self._meta.append([(n, p.shape, p.numel()) for n, p in named])
+            for n, _ in named: _set_tensor(u, n, None)                          # the full parameter is gone from this rank
+            u.register_forward_pre_hook(lambda m, a, i=i: self._gather(i))
+            u.register_forward_hook(lambda m, a, o, i=i: self._release(i))
+
+    def forward(self, *args, **kwargs):
+        if self.compute_dtype is not None:                                     # floating inputs in the compute dtype too
+            args = [a.to(self.compute_dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        return self.module(*args, **kwargs)
+
+def _set_tensor(module: nn.Module, name: str, t):
+    "Put tensor `t` (or None) where parameter `name` ('0.weight') of `module` was, as a plain attribute."
+    *path, leaf = name.split('.')
+    for p in path: module = getattr(module, p)
+    module._parameters.pop(leaf, None)
+    object.__setattr__(module, leaf, t)
+
+
+# %% ../nbs/3_pretraining/11_distributed.ipynb #12da4af8
+def _views(self: FSDP, i: int, full: torch.Tensor):
+    "Point unit i's parameter names at views of the gathered flat tensor."
+    sizes = [n for _, _, n in self._meta[i]]
+    for (name, shape, _), v in zip(self._meta[i], full[:sum(sizes)].split(sizes)): _set_tensor(self.units[i], name, v.view(shape))
+
+def _gather(self: FSDP, i: int):
+    self._cache.pop(i, None)                                                    # a new forward: last backward's copy is stale
+    full = _Gather.apply(self.shards[i], self.world, self.compute_dtype)        # forward: one all-gather per unit
+    self._views(i, full); self._full[i] = full
+    if torch.is_grad_enabled():                                                 # what autograd saves of these weights is packed as a note
+        ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: self._pack(i, t), self._unpack); ctx.__enter__(); self._full[i, 'ctx'] = ctx
+
+def _release(self: FSDP, i: int):
+    "After the unit's forward: drop the gathered weights (ZeRO-3 keeps only the shard between forward and backward)."
+    ctx = self._full.pop((i, 'ctx'), None)
+    if ctx is not None: ctx.__exit__(None, None, None)
+    self._full.pop(i, None)
+    for name, _, _ in self._meta[i]: _set_tensor(self.units[i], name, None)
+
+def _pack(self: FSDP, i: int, t: torch.Tensor):
+    full = self._full.get(i)
+    if full is not None and t.untyped_storage().data_ptr() == full.untyped_storage().data_ptr():
+        return ('gathered', i, t.storage_offset(), t.shape, t.stride())       # a note instead of the tensor: memory freed
+    return t
+
+def _unpack(self: FSDP, x):
+    if not (isinstance(x, tuple) and len(x) == 5 and x[0] == 'gathered'): return x
+    _, i, off, shape, stride = x
+    if i not in self._cache:                                                    # backward: all-gather this unit again
+        self._cache = {i: _Gather.apply(self.shards[i].detach(), self.world, self.compute_dtype)}  # one unit at a time
+    return self._cache[i].as_strided(shape, stride, off)
+
+@torch.no_grad()
+def full_state_dict(self: FSDP) -> dict[str, torch.Tensor]:
+    "Every parameter at full size (an all-gather per unit), named as in the wrapped module: for a checkpoint any world size loads."
+    names = {id(u): n for n, u in self.module.named_modules()}
+    out = {}
+    for i, u in enumerate(self.units):
+        full = _Gather.apply(self.shards[i].detach(), self.world, None)
+        sizes = [n for _, _, n in self._meta[i]]
+        for (name, shape, _), v in zip(self._meta[i], full[:sum(sizes)].split(sizes)):
+            out[f"{names[id(u)]}.{name}".lstrip('.')] = v.view(shape).clone()
+    return out
+
+FSDP._views, FSDP._gather, FSDP._release, FSDP._pack, FSDP._unpack, FSDP.full_state_dict = _views, _gather, _release, _pack, _unpack, full_state_dict
+
 
 # %% ../nbs/3_pretraining/11_distributed.ipynb #94527b15
 def toy_model(seed: int = 0, d: int = 16) -> nn.Module:
@@ -300,7 +403,7 @@ def _train_ranked(model, opt, batches, rank, world, finish=lambda: None):
     return [p.detach().clone() for p in model.parameters()]
 
 def strategies_demo(rank: int, world: int, steps: int = 3, lr: float = 1e-2) -> dict:
-    "Train toy_model with every strategy on this rank's slice of toy_batches; final parameters and optimizer bytes per strategy."
+    "Train toy_model with every strategy (DDP, ZeRO-1/2/3, torch's DDP, ZeroRedundancyOptimizer, FSDP2) on this rank's slice of toy_batches; final parameters and optimizer bytes per strategy."
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.distributed.optim import ZeroRedundancyOptimizer
     batches, out = toy_batches(steps), {}
@@ -317,6 +420,22 @@ def strategies_demo(rank: int, world: int, steps: int = 3, lr: float = 1e-2) -> 
     out['torch_ddp'] = {'params': _train_ranked(m, opt, batches, rank, world), 'opt_bytes': state_bytes(opt)}
     m = DDP(toy_model(seed=0)); opt = ZeroRedundancyOptimizer(m.parameters(), optimizer_class=torch.optim.AdamW, lr=lr)
     out['torch_zero'] = {'params': _train_ranked(m, opt, batches, rank, world), 'opt_bytes': state_bytes(opt.optim)}
+    names = [n for n, _ in toy_model().named_parameters()]
+    for name, dtype in (('zero3', None), ('zero3_f32', torch.float32)):
+        m = FSDP(toy_model(seed=rank), compute_dtype=dtype); opt = torch.optim.AdamW(m.parameters(), lr=lr)
+        _train_ranked(m, opt, batches, rank, world)
+        m(batches[0][0])                                                   # after a forward, no unit may still hold full weights
+        held = len(m._full) + sum(getattr(u, n) is not None for i, u in enumerate(m.units) for n, _, _ in m._meta[i])
+        sd = m.full_state_dict()
+        out[name] = {'params': [sd[n] for n in names], 'opt_bytes': state_bytes(opt), 'held_after_forward': held,
+                     'param_bytes': sum(s.numel() * s.element_size() for s in m.shards),
+                     'grad_bytes': sum(s.grad.numel() * s.grad.element_size() for s in m.shards)}
+    from torch.distributed.fsdp import fully_shard                        # torch's FSDP2: one unit per Linear, then the root
+    m = toy_model(seed=0)
+    for layer in m:
+        if isinstance(layer, nn.Linear): fully_shard(layer)
+    fully_shard(m); opt = torch.optim.AdamW(m.parameters(), lr=lr)
+    out['torch_fsdp2'] = {'params': [p.full_tensor() for p in _train_ranked(m, opt, batches, rank, world)], 'opt_bytes': state_bytes(opt)}
     return out
 
 # %% ../nbs/3_pretraining/11_distributed.ipynb #ca8bfe17
