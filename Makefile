@@ -16,7 +16,7 @@ $(STAMP): requirements-lab.txt settings.ini setup.py
 	@$(PYTHON) scripts/check_python.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-lab.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,kernels,hub]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,kernels,hub,serve]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name llm-lab --display-name "llm_lab (Python 3)" >/dev/null
 	@touch $(STAMP)
 	@echo "llm_lab: environment ready in $(VENV) (Jupyter kernel 'llm-lab')"
