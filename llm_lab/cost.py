@@ -13,6 +13,7 @@ import torch
 from .core import check_function, CheckReport, CheckFailed, not_attempted, subplots, get_device
 from .hardware import HardwareSpec, HARDWARE, get_gpu, gpu_for_device_name, lookup, gpus_cli
 from .scaling import ScalingLaw, CHINCHILLA, BESIROGLU, non_embedding_params
+from .compress import bits_per_weight
 
 # %% auto #0
 __all__ = ['PRECISION_BYTES', 'FLOP_METHODS', 'MODELS', 'OPTIMIZER_BYTES', 'CHECKPOINTING', 'parse_quantity', 'fmt_si',
@@ -55,7 +56,7 @@ def fmt_si(x: float | None, # the number
     return f'{x:.{digits}g} {unit}'.rstrip()
 
 # %% ../nbs/8_money/21_cost.ipynb #e088502c
-PRECISION_BYTES = {'fp32': 4, 'tf32': 4, 'bf16': 2, 'fp16': 2, 'fp8': 1, 'int8': 1, 'int4': 0.5}
+PRECISION_BYTES = {p: bits_per_weight(p) / 8 for p in ('fp32', 'tf32', 'bf16', 'fp16', 'fp8', 'int8', 'int4')}  # chapter 17's one definition
 _NORMS, _POS = ('layernorm', 'rmsnorm'), ('learned', 'rope', 'sinusoidal', 'alibi', 'relative', 'none')
 
 def _positive_int(name, v):
@@ -372,12 +373,14 @@ def kv_cache_bytes(spec: ModelSpec, batch: int, seq_len: int, # sequences and to
 def inference_memory(spec: ModelSpec, batch: int = 1, seq_len: int | None = None,
                      precision: str = 'bf16', # weights format
                      kv_precision: str | None = None, # KV cache format (None -> same as weights, at least 1 byte)
+                     weight_format: str | None = None, # stored weights, scales included: 'int4-g128', 'nf4', 'Q4_0'... (chapter 17's bits_per_weight); None -> precision
                     ) -> dict[str, float]:
     "Bytes to serve `spec`: weights, KV cache for `batch` sequences of `seq_len` tokens, and the total."
     if precision not in PRECISION_BYTES: raise ValueError(f"precision must be one of {list(PRECISION_BYTES)}, got {precision!r}")
     s = spec.context_len if seq_len is None else seq_len
     kvb = PRECISION_BYTES[kv_precision or precision] if (kv_precision or precision) != 'int4' else 1
-    out = {'weights': param_count(spec) * PRECISION_BYTES[precision], 'kv_cache': kv_cache_bytes(spec, batch, s, kvb)}
+    wb = PRECISION_BYTES[precision] if weight_format is None else bits_per_weight(weight_format) / 8
+    out = {'weights': param_count(spec) * wb, 'kv_cache': kv_cache_bytes(spec, batch, s, kvb)}
     out['total'] = out['weights'] + out['kv_cache']
     return out
 
@@ -542,11 +545,13 @@ class InferenceEstimate:
     model: str; gpu: str; batch: int; prompt_len: int; gen_len: int; precision: str
     prefill_s: float; decode_step_s: float; decode_tokens_per_s: float; bound: str  # 'memory' or 'compute'
     memory: dict; fits: bool; usd_per_million_tokens: float | None
+    weight_format: str | None = None  # quantised weight storage (None: weights at `precision`)
     def to_dict(self): return asdict(self)
 
 def estimate_inference(model: str | ModelSpec | CatalogModel, gpu: str | HardwareSpec = 'h100-sxm',
                        batch: int = 1, prompt_len: int = 512, gen_len: int = 256,
                        precision: str = 'bf16', # weights and KV cache format
+                       weight_format: str | None = None, # quantised weights ('int4-g128', 'nf4', 'Q4_0'...: chapter 17's bits_per_weight); None -> precision
                        mfu: float = 0.5, # fraction of the peak reached by the matmuls
                        bandwidth_util: float = 0.8, # fraction of the datasheet bandwidth reached
                        price_per_gpu_hour: float | None = None) -> InferenceEstimate:
@@ -561,7 +566,7 @@ def estimate_inference(model: str | ModelSpec | CatalogModel, gpu: str | Hardwar
     hw = get_gpu(gpu)
     peak = hw.peak_flops(precision if precision in hw.tflops else 'bf16') * mfu
     bw = hw.bandwidth_gbs * 1e9 * bandwidth_util
-    w_bytes = param_count(spec) * PRECISION_BYTES[precision]
+    w_bytes = param_count(spec) * (PRECISION_BYTES[precision] if weight_format is None else bits_per_weight(weight_format) / 8)
     prefill_flops = batch * prompt_len * flops_breakdown(spec, prompt_len)['total']
     prefill_s = max(prefill_flops / peak, w_bytes / bw)
     ctx = prompt_len + gen_len // 2                                   # average context during decoding
@@ -570,13 +575,13 @@ def estimate_inference(model: str | ModelSpec | CatalogModel, gpu: str | Hardwar
     step_flops = batch * flops_breakdown(spec, ctx)['total']
     t_mem, t_comp = step_bytes / bw, step_flops / peak
     step = max(t_mem, t_comp)
-    mem = inference_memory(spec, batch, prompt_len + gen_len, precision if precision != 'int4' else 'int4')
+    mem = inference_memory(spec, batch, prompt_len + gen_len, precision, weight_format=weight_format)
     price = hw.price_per_hour if price_per_gpu_hour is None else price_per_gpu_hour
     tps = batch / step
     usd = None if price is None else price / 3600 * (prefill_s + gen_len * step) / (batch * gen_len) * 1e6
     return InferenceEstimate(cm.name if cm else (spec.name or 'custom'), hw.key, batch, prompt_len, gen_len, precision,
                              prefill_s, step, tps, 'memory' if t_mem >= t_comp else 'compute', mem,
-                             bool(mem['total'] <= hw.memory_bytes), usd)
+                             bool(mem['total'] <= hw.memory_bytes), usd, weight_format)
 
 # %% ../nbs/8_money/21_cost.ipynb #da5e30c8
 def plot_decode_roofline(model: str | ModelSpec = 'llama2-7b', gpus: tuple = ('a100-80gb', 'h100-sxm', 'l4'),
