@@ -18,7 +18,8 @@ from .core import CheckReport, CheckFailed, not_attempted, subplots
 # %% auto #0
 __all__ = ['free_port', 'launch', 'collectives_demo', 'comm_bytes', 'ring_all_reduce', 'ThreadComm', 'DistComm', 'DataParallel',
            'finish', 'ZeroOptimizer', 'state_bytes', 'FSDP', 'full_state_dict', 'toy_model', 'toy_batches',
-           'train_single', 'strategies_demo', 'selftest_worker', 'check_ring_all_reduce', 'check_zero1_step']
+           'train_single', 'strategies_demo', 'setup_distributed', 'wrap_model', 'shard_batches', 'pretrain_worker',
+           'selftest_worker', 'check_ring_all_reduce', 'check_zero1_step']
 
 # %% ../nbs/3_pretraining/11_distributed.ipynb #84a239dc
 def free_port() -> int:
@@ -437,6 +438,57 @@ def strategies_demo(rank: int, world: int, steps: int = 3, lr: float = 1e-2) -> 
     fully_shard(m); opt = torch.optim.AdamW(m.parameters(), lr=lr)
     out['torch_fsdp2'] = {'params': [p.full_tensor() for p in _train_ranked(m, opt, batches, rank, world)], 'opt_bytes': state_bytes(opt)}
     return out
+
+# %% ../nbs/3_pretraining/11_distributed.ipynb #f6555baa
+def setup_distributed(backend: str | None = None, # None: 'nccl' with GPUs, else 'gloo'
+                     ) -> tuple[int, int]:
+    "Join the process group that `torchrun` (or `launch`) describes in RANK/WORLD_SIZE/MASTER_ADDR; (rank, world). (0, 1) outside one."
+    if dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ: return 0, 1
+    backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
+    if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))   # one GPU per process on each node
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+class _Forward(nn.Module):
+    "What DDP wraps: the model's own forward, plus the loss averaged over ranks for the log (its gradient stays the local one)."
+    def __init__(self, model: nn.Module): super().__init__(); self.model = model
+    def forward(self, *args, **kwargs):
+        out = type(self.model).forward(self.model, *args, **kwargs)
+        if torch.is_grad_enabled() and isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[1]):
+            mean = out[1].detach().clone(); dist.all_reduce(mean); mean /= dist.get_world_size()
+            out = (out[0], out[1] + (mean - out[1].detach()))              # value: the global mean loss; gradient: this rank's
+        return out
+
+def wrap_model(model: nn.Module, # e.g. a GPT, already on its device
+               strategy: str = 'ddp', # 'ddp': torch's DistributedDataParallel
+              ) -> nn.Module:
+    "Make `model(...)` run through torch's DDP in place: the same object, parameters and state_dict, gradients all-reduced in backward."
+    if strategy != 'ddp': raise ValueError(f"strategy must be 'ddp', got {strategy!r}")
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    dev = next(model.parameters()).device
+    ddp = DDP(_Forward(model), device_ids=[dev.index] if dev.type == 'cuda' else None)   # broadcasts rank 0's weights
+    object.__setattr__(model, 'forward', ddp)                              # not a submodule: the checkpoint keys do not change
+    return model
+
+def shard_batches(data, # a batch sampler with .sample() -> (x, y) of the GLOBAL batch, e.g. RandomWindows (same seed on every rank)
+                  rank: int, world: int) -> object:
+    "Make `data` yield this rank's 1/world of every global batch (in place; its generator, and so its checkpoint, stay the global one's)."
+    if data.batch_size % world: raise ValueError(f"the global batch size {data.batch_size} must be divisible by the {world} processes")
+    whole = data.sample
+    def sample():
+        x, y = whole()                                                     # (B, T): identical on every rank
+        return x.chunk(world)[rank], y.chunk(world)[rank]                  # (B / world, T)
+    data.sample = sample
+    return data
+
+
+# %% ../nbs/3_pretraining/11_distributed.ipynb #b8f0fad9
+def pretrain_worker(rank: int, world: int, argv: list[str]) -> int:
+    "`llm-lab pretrain --ddp` with `argv` in this rank's process of a `launch` group (the tests' stand-in for torchrun)."
+    from llm_lab.train import pretrain_cli
+    return pretrain_cli([*argv, '--ddp'])
+
 
 # %% ../nbs/3_pretraining/11_distributed.ipynb #ca8bfe17
 def selftest_worker(rank: int, world: int) -> dict:

@@ -500,6 +500,7 @@ def _pretrain_parser() -> argparse.ArgumentParser:
                       ('eval-every', int), ('ckpt-every', int), ('seed', int)): p.add_argument(f'--{name}', type=typ)
     p.add_argument('--dtype', choices=['auto', *_DTYPES]); p.add_argument('--device'); p.add_argument('--compile', action='store_true', default=None)
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
+    p.add_argument('--ddp', action='store_true', help='data parallel (torch DDP) under torchrun --nproc_per_node N; --batch-size is the global batch (chapter 11)')
     return p
 
 def pretrain_config(args: argparse.Namespace) -> tuple[dict, TrainConfig, dict]:
@@ -556,11 +557,17 @@ def pretrain_cli(argv: list[str] | None = None) -> int:
         seed_everything(cfg.seed)
         model = GPT(config).to(get_device(cfg.device))
         data = RandomWindows(train_ids, cfg.batch_size, config.context_len, device=next(model.parameters()).device, seed=cfg.seed)
-        print(f"pretraining {model.num_params():,} parameters on {len(train_ids):,} tokens ({len(val_ids):,} validation) → {out}")
-        state = train(model, data, cfg, val=val_ids, callbacks=[ProgressBar('pretrain')], resume=out if args.resume else None, tokenizer=tok)
+        rank = 0
+        if args.ddp:                                                   # chapter 11: one process per device, under torchrun
+            from llm_lab.distributed import setup_distributed, wrap_model, shard_batches
+            rank, world = setup_distributed(); wrap_model(model); shard_batches(data, rank, world)
+            if rank: cfg.out_dir = None                               # rank 0 writes the checkpoints
+        if rank == 0: print(f"pretraining {model.num_params():,} parameters on {len(train_ids):,} tokens ({len(val_ids):,} validation) → {out}")
+        state = train(model, data, cfg, val=val_ids, callbacks=[ProgressBar('pretrain')] if rank == 0 else [], resume=out if args.resume else None, tokenizer=tok)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
         print(f"llm-lab pretrain: error: {e}", file=sys.stderr); return 2
     ev = state.evals[-1] if state.evals else {}
+    if rank: return 0
     print(f"done: {state.step} steps, {state.tokens:,} tokens, {state.seconds:.1f} s ({state.tokens / max(state.seconds, 1e-9):,.0f} tokens/s); "
           f"train loss {state.history[-1]['loss']:.3f}, validation loss {ev.get('loss', float('nan')):.3f} "
           f"(perplexity {ev.get('ppl', float('nan')):.1f}); checkpoint: {out}")

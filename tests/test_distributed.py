@@ -88,3 +88,23 @@ def test_data_parallel_around_gpt(runs):
 def test_launch_reports_worker_errors():
     with pytest.raises(RuntimeError, match='rank'):
         launch(comm_bytes, 1)   # comm_bytes(rank, world) misses an argument: the traceback comes back
+
+
+def test_pretrain_ddp_equals_one_process_and_resumes_on_one(tmp_path):
+    """`llm-lab pretrain --ddp` on 2 processes (global batch 8) logs the losses of a 1-process run; its rank-0 checkpoint
+    resumes on 1 process exactly like the 1-process run's own checkpoint."""
+    import json
+    from pydoc_data.topics import topics
+    from llm_lab.distributed import pretrain_worker
+    from llm_lab.train import pretrain_cli
+    (tmp_path / 'c.jsonl').write_text('\n'.join(json.dumps({'text': t}) for t in list(topics.values())[:60]))
+    base = ['--data', str(tmp_path / 'c.jsonl'), '--vocab-size', '300', '--n-layer', '1', '--d-model', '32', '--n-head', '2',
+            '--context-len', '32', '--batch-size', '8', '--eval-every', '3', '--warmup-steps', '1', '--lr', '3e-3']
+    assert pretrain_cli(base + ['--out', str(tmp_path / 'one'), '--steps', '3']) == 0
+    assert launch(pretrain_worker, 2, base + ['--out', str(tmp_path / 'two'), '--steps', '3']) == [0, 0]
+    assert not (tmp_path / 'two' / 'trainer.json.tmp').exists()
+    for run in ('one', 'two'): assert pretrain_cli(base + ['--out', str(tmp_path / run), '--steps', '6', '--resume']) == 0
+    one, two = (json.loads((tmp_path / run / 'trainer.json').read_text())['state'] for run in ('one', 'two'))
+    assert len(one['history']) == len(two['history']) == 6 and len(one['evals']) == len(two['evals']) == 2
+    for a, b in zip(one['history'], two['history']): assert abs(a['loss'] - b['loss']) < 1e-5   # measured: 5e-7
+    for a, b in zip(one['evals'], two['evals']): assert abs(a['loss'] - b['loss']) < 1e-5
