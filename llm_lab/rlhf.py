@@ -168,7 +168,8 @@ def sequence_logps(model: nn.Module, # any causal LM
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     "((B,) summed response log-probs, (B,) response lengths) of responses given prompts."
     ids, rmask = concat_responses(prompts, responses, pad_id)
-    lp, m = response_logprobs(model, ids, rmask)
+    dev = next(model.parameters()).device
+    lp, m = response_logprobs(model, ids.to(dev), rmask.to(dev))
     return lp.sum(-1), m.sum(-1)
 
 def pair_dpo_loss(policy: nn.Module, ref: nn.Module, # the model being trained and the frozen reference
