@@ -48,6 +48,8 @@ table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
 th, td { border: 1px solid var(--line); padding: .25rem .55rem; }
 .widget-note { color: var(--muted); font-style: italic; }
 span.unbuilt { color: var(--muted); }
+a.anchor-link { visibility: hidden; text-decoration: none; margin-left: .3rem; font-size: .8em; }
+h1:hover > a.anchor-link, h2:hover > a.anchor-link, h3:hover > a.anchor-link, h4:hover > a.anchor-link { visibility: visible; }
 .pager { display: flex; justify-content: space-between; border-top: 1px solid var(--line); margin-top: 3rem; padding-top: 1rem; }
 @media (max-width: 900px) { nav.sidebar { position: static; width: auto; } main { margin-left: 0; padding: 1rem; } }
 """

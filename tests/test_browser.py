@@ -111,15 +111,18 @@ def test_chapter_01_runs_in_jupyterlab(lab):
         # the decision-boundary widget: sliders render, and moving one redraws the figure
         idx = driver.execute_script(NB + "return nb.widgets.findIndex(c => c.model.sharedModel.getSource().includes('widgets.interactive('))")
         assert idx >= 0, 'chapter 01 has no widgets.interactive cell'
+        # the widget's figure: [src, width, height, number of images] once exactly one figure is drawn in it
         fig = lambda: driver.execute_script(NB + f"""
             const node = nb.widgets[{idx}].outputArea.node; node.scrollIntoView();
-            const img = node.querySelector('img');
-            return img && img.naturalWidth > 0 ? img.src : null;""")
+            const imgs = [...node.querySelectorAll('img')], img = imgs[0];
+            return img && img.complete && img.naturalWidth > 0 ? [img.src, img.naturalWidth, img.naturalHeight, imgs.length] : null;""")
         cell = driver.execute_script(NB + f'return nb.widgets[{idx}].node')
         try: before = wait_for(fig, 60, 'the widget figure')
         except pytest.fail.Exception:
             cell.screenshot(str(SHOTS / 'lab-01-widget-missing.png'))
-            pytest.fail('the widget shows no figure; its outputs: ' + driver.execute_script(NB + f'''
+            pytest.fail('the decision-boundary widget shows no figure (in the lab, matplotlib\'s interactive mode is off '
+                        'when pyplot is first imported inside llm_lab, so the callback\'s figure is never flushed into '
+                        'the widget: see lab-01-widget-missing.png); its outputs: ' + driver.execute_script(NB + f'''
                 return JSON.stringify(nb.widgets[{idx}].model.outputs.toJSON()).slice(0, 800) + ' | HTML: ' +
                        nb.widgets[{idx}].outputArea.node.innerHTML.slice(0, 1500)'''))
         n_sliders = driver.execute_script(NB + f"return nb.widgets[{idx}].outputArea.node.querySelectorAll('.widget-slider').length")
@@ -130,10 +133,13 @@ def test_chapter_01_runs_in_jupyterlab(lab):
         handle = cell.find_element(By.CSS_SELECTOR, '.widget-slider .noUi-handle')
         handle.click()
         for _ in range(10): handle.send_keys(Keys.ARROW_RIGHT)  # w1: 1.0 → 2.0 in steps of 0.1
-        after = wait_for(lambda: (lambda s: s if s and s != before else None)(fig()), 60, 'the figure to change after a slider move')
-        assert after != before
+        after = wait_for(lambda: (lambda s: s if s and s[0] != before[0] else None)(fig()), 60, 'the figure to change after a slider move')
+        cell.screenshot(str(SHOTS / 'lab-01-widget-after.png'))
+        assert before[3] == 1 and after[3] == 1 and after[1:3] == before[1:3], (
+            f'after the slider move the widget shows {after[3]} image(s) of {after[1]}x{after[2]} px, not one redrawn '
+            f'decision boundary of {before[1]}x{before[2]} px: figures left open by other cells are flushed into it '
+            '(see lab-01-widget-after.png)')
         readout = driver.execute_script(NB + f"return nb.widgets[{idx}].outputArea.node.querySelector('.widget-readout').textContent")
         assert float(readout) > 1.0, f'the slider did not move (readout {readout})'
-        cell.screenshot(str(SHOTS / 'lab-01-widget-after.png'))
     finally:
         driver.quit()
