@@ -108,3 +108,24 @@ def test_pretrain_ddp_equals_one_process_and_resumes_on_one(tmp_path):
     assert len(one['history']) == len(two['history']) == 6 and len(one['evals']) == len(two['evals']) == 2
     for a, b in zip(one['history'], two['history']): assert abs(a['loss'] - b['loss']) < 1e-5   # measured: 5e-7
     for a, b in zip(one['evals'], two['evals']): assert abs(a['loss'] - b['loss']) < 1e-5
+
+
+def test_tensor_parallel_mlp_equals_unsharded(runs):
+    for o in runs:
+        assert max(float(o['tp'][k]) for k in ('out', 'x_grad', 'up_w_grad', 'up_b_grad', 'down_w_grad', 'down_b_grad')) < 1e-12
+        assert o['tp']['params_per_rank'] < 0.51 * o['tp']['params_full']
+
+
+@pytest.mark.parametrize('kind', ['gpipe', '1f1b'])
+def test_pipeline_equals_unsharded_with_the_bubble_of_the_formula(runs, kind):
+    from llm_lab.distributed import pipeline_schedule
+    for r, o in enumerate(runs):
+        assert o['pp'][kind]['grad_err'] < 1e-12
+        assert abs(o['pp'][kind]['bubble'] - 1 / 5) < 0.1                      # (p-1)/(m+p-1) with p=2, m=4
+    assert abs(float(runs[1]['pp'][kind]['loss']) - float(runs[1]['pp']['want_loss'])) < 1e-12
+    assert [o['pp'][kind]['peak_in_flight'] for o in runs] == ([4, 4] if kind == 'gpipe' else [2, 1])
+    for m in (1, 3, 8):   # every micro-batch once forward and once backward, backward after its forward
+        for s in range(3):
+            order = pipeline_schedule(kind, s, 3, m)
+            assert sorted(order) == sorted([('F', i) for i in range(m)] + [('B', i) for i in range(m)])
+            assert all(order.index(('F', i)) < order.index(('B', i)) for i in range(m))
