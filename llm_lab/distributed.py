@@ -21,7 +21,7 @@ __all__ = ['free_port', 'launch', 'collectives_demo', 'comm_bytes', 'ring_all_re
            'train_single', 'strategies_demo', 'ColumnParallelLinear', 'RowParallelLinear', 'ParallelMLP',
            'tensor_parallel_demo', 'pipeline_schedule', 'pipeline_step', 'pipeline_demo', 'setup_distributed',
            'wrap_model', 'shard_batches', 'pretrain_worker', 'selftest_worker', 'check_ring_all_reduce',
-           'check_zero1_step']
+           'check_zero1_step', 'check_1f1b_schedule']
 
 # %% ../nbs/3_pretraining/11_distributed.ipynb #84a239dc
 def free_port() -> int:
@@ -724,3 +724,55 @@ def check_zero1_step(fn: Callable, # your fn(param, grad, momentum, rank, world,
         report.passed += 1
     if raise_on_fail and not report.ok: raise CheckFailed(str(report))
     return report
+
+# %% ../nbs/3_pretraining/11_distributed.ipynb #a1e0ea6f
+def _simulate_pipeline(orders, tf: float = 1.0, tb: float = 2.0):
+    "Run every stage's order with forwards of tf and backwards of tb time units: (finish times, per-stage end, stages left stuck)."
+    p = len(orders); done, pos, free = {}, [0] * p, [0.0] * p
+    moved = True
+    while moved:
+        moved = False
+        for s in range(p):
+            if pos[s] >= len(orders[s]): continue
+            op, i = orders[s][pos[s]]
+            deps = ([('F', i, s - 1)] if s > 0 else []) if op == 'F' else [('F', i, s)] + ([('B', i, s + 1)] if s < p - 1 else [])
+            if all(d in done for d in deps):
+                free[s] = done[op, i, s] = max([free[s]] + [done[d] for d in deps]) + (tf if op == 'F' else tb)
+                pos[s] += 1; moved = True
+    return done, free, [s for s in range(p) if pos[s] < len(orders[s])]
+
+def check_1f1b_schedule(fn: Callable, # your fn(stage, stages, micro) -> [('F', i) or ('B', i), ...] for that stage
+                        trials: int = 10, seed: int | None = None, raise_on_fail: bool = True) -> CheckReport:
+    "Run your schedules for all stages of random pipelines: no deadlock, the ideal time (m+p-1)(t_f+t_b), and at most p-stage micro-batches held."
+    import random
+    g = random.Random(seed if seed is not None else random.SystemRandom().randrange(2**31))
+    report = CheckReport('1f1b_schedule', trials)
+    for t in range(trials):
+        p, m = g.randint(2, 5), g.randint(1, 8)
+        where = f"trial {t + 1} (stages p={p}, micro-batches m={m})"
+        try: orders = [list(fn(s, p, m)) for s in range(p)]
+        except NotImplementedError: return not_attempted('1f1b_schedule')
+        except Exception as e: report.failure = f"{where}: your function raised {type(e).__name__}: {e}"; break
+        fail, want = None, sorted([('F', i) for i in range(m)] + [('B', i) for i in range(m)])
+        for s, o in enumerate(orders):
+            if sorted(map(tuple, o)) != want: fail = f"stage {s}'s order {o} must hold ('F', i) and ('B', i) once for each i in 0..{m - 1}"
+            elif any(o.index(('B', i)) < o.index(('F', i)) for i in range(m)): fail = f"stage {s}: a backward comes before its forward in {o}"
+            if fail: break
+        if fail is None:
+            done, end, stuck = _simulate_pipeline([[tuple(x) for x in o] for o in orders])
+            held = [max(sum(1 for x in o[:k + 1] if x[0] == 'F') - sum(1 for x in o[:k + 1] if x[0] == 'B') for k in range(len(o))) for o in orders]
+            ideal = (m + p - 1) * 3.0
+            if stuck: fail = f"deadlock: stage {stuck[0]} waits forever for ('{orders[stuck[0]][0][0]}', ...) (hint: stage s can only run B i after stage s+1 ran it)"
+            elif any(h > min(p - s, m) for s, h in enumerate(held)):
+                s = next(s for s, h in enumerate(held) if h > min(p - s, m))
+                fail = (f"stage {s} holds {held[s]} micro-batches' activations at once; 1F1B holds at most p - stage = {min(p - s, m)}"
+                        + (" (hint: that is GPipe: after p-1-stage warm-up forwards, alternate one forward and one backward)" if held[s] == m
+                           else " (hint: the warm-up is p - 1 - stage forwards, not p - stage)"))
+            elif max(end) > ideal + 1e-9:
+                fail = (f"the step takes {max(end):g} time units (forward 1, backward 2), the pipeline's ideal is (m+p-1)·3 = {ideal:g}"
+                        " (hint: without warm-up forwards the first backward waits for the whole pipeline: stage s needs p-1-s of them)")
+        if fail: report.failure = f"{where}: {fail}"; break
+        report.passed += 1
+    if raise_on_fail and not report.ok: raise CheckFailed(str(report))
+    return report
+

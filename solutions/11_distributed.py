@@ -27,5 +27,18 @@ def my_zero1_sgd_step(param, grad, momentum, rank, world, all_gather, lr, mu):
     return torch.cat(all_gather(new_slice))            # every rank's slice, in rank order
 
 
+def my_1f1b_schedule(stage, stages, micro):
+    "Stage `stage`'s 1F1B order: p-1-stage warm-up forwards, then one forward / one backward, then the last backwards."
+    warm = min(stages - stage - 1, micro)        # the last stage needs none: its backward can follow each forward at once
+    order = [('F', i) for i in range(warm)]
+    f = warm                                     # next forward to run
+    for b in range(micro):                       # every backward in order, each preceded by one more forward while any are left
+        if f < micro:
+            order.append(('F', f)); f += 1
+        order.append(('B', b))
+    return order
+
+
 CHECKS = {'my_ring_all_reduce': 'llm_lab.distributed:check_ring_all_reduce',
-          'my_zero1_sgd_step': 'llm_lab.distributed:check_zero1_step'}
+          'my_zero1_sgd_step': 'llm_lab.distributed:check_zero1_step',
+          'my_1f1b_schedule': 'llm_lab.distributed:check_1f1b_schedule'}

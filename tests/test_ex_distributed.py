@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llm_lab.core import CheckFailed
-from llm_lab.distributed import check_ring_all_reduce, check_zero1_step
+from llm_lab.distributed import check_ring_all_reduce, check_zero1_step, check_1f1b_schedule
 
 _spec = importlib.util.spec_from_file_location('sol11', Path(__file__).resolve().parents[1] / 'solutions' / '11_distributed.py')
 sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
@@ -17,7 +17,7 @@ def stub(*a): raise NotImplementedError
 
 
 def test_stubs_not_attempted():
-    for check in (check_ring_all_reduce, check_zero1_step):
+    for check in (check_ring_all_reduce, check_zero1_step, check_1f1b_schedule):
         r = check(stub)
         assert not r.attempted and not r.ok
 
@@ -25,6 +25,7 @@ def test_stubs_not_attempted():
 def test_solutions_pass():
     assert check_ring_all_reduce(sol.my_ring_all_reduce, seed=0).ok
     assert check_zero1_step(sol.my_zero1_sgd_step, seed=0).ok
+    assert check_1f1b_schedule(sol.my_1f1b_schedule, seed=0).ok
 
 
 def ring_left(x, rank, world, send, recv):  # correct too: the ring runs the other way round
@@ -112,4 +113,46 @@ ZERO_WRONG = {
 def test_zero1_wrong_rejected(name):
     fn, hint = ZERO_WRONG[name]
     with pytest.raises(CheckFailed) as e: check_zero1_step(fn, seed=0)
+    if hint: assert hint in str(e.value)
+
+
+def f1b_by_simulation(stage, stages, micro):   # correct too: built by a different rule (a forward whenever fewer than p - stage are held)
+    order, f, b = [], 0, 0
+    while b < micro:
+        if f < micro and f - b < stages - stage: order.append(('F', f)); f += 1
+        else: order.append(('B', b)); b += 1
+    return order
+
+
+def f1b_gpipe(stage, stages, micro): return [('F', i) for i in range(micro)] + [('B', i) for i in range(micro)]
+
+def f1b_no_warmup(stage, stages, micro): return [x for i in range(micro) for x in (('F', i), ('B', i))]
+
+def f1b_warmup_too_long(stage, stages, micro):
+    warm = min(stages - stage, micro); order, f = [('F', i) for i in range(warm)], warm
+    for b in range(micro):
+        if f < micro: order.append(('F', f)); f += 1
+        order.append(('B', b))
+    return order
+
+def f1b_backward_first(stage, stages, micro): return [x for i in range(micro) for x in (('B', i), ('F', i))]
+
+def f1b_missing_last(stage, stages, micro): return sol.my_1f1b_schedule(stage, stages, micro)[:-1]
+
+F1B_WRONG = {
+    'GPipe order (holds all m)': (f1b_gpipe, 'that is GPipe'),
+    'no warm-up (one forward, one backward from the start)': (f1b_no_warmup, 'warm-up forwards'),
+    'warm-up of p - stage forwards': (f1b_warmup_too_long, 'not p - stage'),
+    'backward before its forward': (f1b_backward_first, 'before its forward'),
+    'forgets the last backward': (f1b_missing_last, 'once for each'),
+}
+
+def test_1f1b_alternative_passes():
+    assert check_1f1b_schedule(f1b_by_simulation, seed=1).ok
+
+
+@pytest.mark.parametrize('name', list(F1B_WRONG))
+def test_1f1b_wrong_rejected(name):
+    fn, hint = F1B_WRONG[name]
+    with pytest.raises(CheckFailed) as e: check_1f1b_schedule(fn, seed=0)
     if hint: assert hint in str(e.value)
