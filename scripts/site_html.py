@@ -9,7 +9,7 @@ Widgets cannot run on a static page: their control is replaced by a note, and th
 beside its control is what the reader sees. Images are embedded in the pages (data: URIs); MathJax is loaded from
 its CDN only on pages with math.
 """
-import html, json, os, re, sys
+import html, os, re, sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -7,7 +7,7 @@ The lab runs a copy (autosave must not write outputs into nbs/); cells flagged `
 `chromium` and `chromium-driver` and Selenium; without them the test is skipped and says so.
 Screenshots: _proc/screenshots/lab-01-*.png.
 """
-import json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import json, os, re, secrets, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest

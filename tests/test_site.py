@@ -22,8 +22,8 @@ def find_chromium():
     browser = os.environ.get('LLM_LAB_CHROMIUM') or next(
         (shutil.which(b) for b in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(b)), None)
     driver = os.environ.get('LLM_LAB_CHROMEDRIVER') or shutil.which('chromedriver')
-    try: import selenium  # noqa: F401
-    except ImportError: return None, None, 'Selenium is not installed (pip install -e ".[dev]")'
+    import importlib.util
+    if importlib.util.find_spec('selenium') is None: return None, None, 'Selenium is not installed (pip install -e ".[dev]")'
     if not browser or not driver:
         return None, None, ('Chromium/chromedriver not found: browser tests SKIPPED '
                             '(Debian: apt-get install -y chromium chromium-driver)')
