@@ -129,8 +129,14 @@ LAB_STYLE = {
 @contextlib.contextmanager
 def lab_style(**overrides):
     "Context manager: matplotlib's rc settings with the course's look (plus `overrides`)."
-    import matplotlib.pyplot as plt
-    with plt.rc_context({**LAB_STYLE, **overrides}): yield
+    import matplotlib, matplotlib.pyplot as plt
+    state = {}
+    try:
+        with plt.rc_context({**LAB_STYLE, **overrides}):
+            try: yield
+            finally: state['interactive'] = matplotlib.is_interactive()
+    finally:  # Jupyter's inline backend, loaded by the first figure, turns interactive mode on: rc_context must not undo it
+        if 'interactive' in state: matplotlib.interactive(state['interactive'])
 
 def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
     "`plt.subplots` in the course's style; returns `(fig, axes)`."

@@ -277,3 +277,18 @@ def test_notebook_imports_stand_alone():
     "nbdev's docs build runs every cell that imports something; such a cell must not depend on other cells."
     bad = _docs_executed_cells_with_other_code()
     assert not bad, 'put imports in a cell of their own:\n' + '\n'.join(bad)
+
+
+def test_lab_style_keeps_an_interactive_switch_made_inside():
+    "Jupyter's inline backend, loaded by the first styled figure, turns interactive mode on; lab_style must not undo it
+    (it did: widgets in JupyterLab then drew no figure, found by tests/test_browser.py)."
+    import matplotlib
+    from llm_lab.core import lab_style
+    was = matplotlib.is_interactive()
+    try:
+        matplotlib.interactive(False)
+        with lab_style(): matplotlib.interactive(True)
+        assert matplotlib.is_interactive()
+        with lab_style(): pass
+        assert matplotlib.is_interactive()
+    finally: matplotlib.interactive(was)
