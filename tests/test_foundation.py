@@ -280,8 +280,8 @@ def test_notebook_imports_stand_alone():
 
 
 def test_lab_style_keeps_an_interactive_switch_made_inside():
-    "Jupyter's inline backend, loaded by the first styled figure, turns interactive mode on; lab_style must not undo it
-    (it did: widgets in JupyterLab then drew no figure, found by tests/test_browser.py)."
+    """Jupyter's inline backend, loaded by the first styled figure, turns interactive mode on; lab_style must not undo it
+    (it did: widgets in JupyterLab then drew no figure, found by tests/test_browser.py)."""
     import matplotlib
     from llm_lab.core import lab_style
     was = matplotlib.is_interactive()
