@@ -211,6 +211,7 @@ class CheckReport:
     passed: int = 0
     failure: str | None = None
     attempted: bool = True  # False while the learner's function still raises NotImplementedError
+    printed: bool = field(default=False, repr=False)  # already printed (by not_attempted): a notebook need not show it again
     @property
     def ok(self) -> bool: return self.attempted and self.failure is None and self.passed == self.trials
     def __str__(self):
@@ -219,11 +220,14 @@ class CheckReport:
                     f"then run this cell again.")
         if self.ok: return f"✅ {self.name}: {self.passed}/{self.trials} random trials match the reference"
         return f"❌ {self.name}: {self.passed}/{self.trials} trials passed before this one failed\n   {self.failure}"
-    def _repr_markdown_(self): return str(self).replace('\n   ', '<br>&nbsp;&nbsp;&nbsp;')
+    def _repr_markdown_(self): return '' if self.printed else str(self).replace('\n   ', '<br>&nbsp;&nbsp;&nbsp;')
 
 def not_attempted(name: str) -> CheckReport:
-    "The report of a checker whose exercise is still a stub: returned (a notebook shows it), never raised, so the notebook runs on."
-    return CheckReport(name, attempted=False)
+    "The report of a checker whose exercise is still a stub: printed (once, also outside a notebook) and returned, never raised."
+    report = CheckReport(name, attempted=False)
+    print(report)
+    report.printed = True
+    return report
 
 def _hint_for(hints, got, want, args) -> str:
     "The first hint whose predicate recognises this mismatch (a predicate that errors counts as no)."
