@@ -4,7 +4,7 @@
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #b617f20c
 from __future__ import annotations
-import json
+import json, random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,13 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import check_function, CheckReport
+from .finetune import encode_chat, last_token_index
 from .tasks import Task
 
 # %% auto #0
-__all__ = ['model_logits', 'token_logprobs', 'concat_responses', 'response_logprobs', 'token_entropy', 'masked_mean',
+__all__ = ['PADDING', 'model_logits', 'token_logprobs', 'concat_responses', 'response_logprobs', 'token_entropy', 'masked_mean',
            'masked_sum_normalize', 'group_advantages', 'aggregate', 'pg_loss', 'clipped_pg_loss', 'kl_estimate',
            'dpo_loss', 'sequence_logps', 'pair_dpo_loss', 'sft_accumulate', 'gae', 'gold_reward', 'gold_prefers',
-           'Preference', 'load_preferences', 'check_gae', 'check_clipped_loss']
+           'Preference', 'load_preferences', 'candidate_replies', 'preference_pairs', 'bradley_terry_loss',
+           'RewardModel', 'encode_replies', 'encode_pairs', 'train_reward_model', 'pair_margins', 'check_gae',
+           'check_clipped_loss']
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #506b2e4d
 def model_logits(model: nn.Module, # our GPT or any HF causal LM
@@ -254,6 +257,92 @@ def load_preferences(path: str | Path, # JSONL: {'prompt','chosen','rejected'} o
         elif 'completion' in rec and 'label' in rec: out.append(Preference(prompt, _text(rec['completion']), None, bool(rec['label'])))
         else: raise ValueError(f"{path}:{n}: a record needs 'chosen' and 'rejected', or 'completion' and 'label'; got {sorted(rec)}")
     return out
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #e35b4ade
+PADDING = ('The answer is', 'I think it is', 'Sure!', 'Here you go:', 'Easy.', 'that is all', 'I hope this helps', 'as asked')
+
+def candidate_replies(task: Task, # the task replied to
+                      pool: Sequence[str], # answers of other tasks of the same kind (plausible wrong replies)
+                      rng: random.Random,
+                     ) -> list[str]:
+    "Four replies of varying quality: the answer, the answer with chatter, a wrong answer, a wrong answer with chatter."
+    wrong = rng.choice([a for a in pool if a != task.answer] or ['?'])
+    def chatter(a): p = rng.choice(PADDING); return f'{p} {a}' if rng.random() < 0.5 else f'{a} {p}'
+    return [task.answer, chatter(task.answer), wrong, chatter(wrong)]
+
+def preference_pairs(tasks: Sequence[Task], # prompts with their checkers
+                     pairs_per_task: int = 2, seed: int = 0,
+                    ) -> list[tuple[Task, str, str]]:
+    "(task, chosen, rejected) triples: two candidate replies per pair, ordered by `gold_prefers` (ties skipped)."
+    rng, pools, out = random.Random(seed), {}, []
+    for t in tasks: pools.setdefault(t.kind, []).append(t.answer)
+    for t in tasks:
+        cands = candidate_replies(t, pools[t.kind], rng)
+        for _ in range(pairs_per_task):
+            a, b = rng.sample(cands, 2)
+            s = gold_prefers(t, a, b)
+            if s: out.append((t, a, b) if s > 0 else (t, b, a))
+    return out
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #1646f12a
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, # (B,) rewards of the chosen and rejected replies
+                       margin: float | torch.Tensor = 0.0, # required gap (Llama 2's margin); 0 = plain Bradley–Terry
+                      ) -> torch.Tensor:
+    "Negative log-likelihood of the choices under Bradley–Terry: -log sigmoid(r_c - r_r - margin), averaged."
+    return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+
+class RewardModel(nn.Module):
+    "A GPT body with a scalar head on the hidden state of the last non-pad token (TRL's reward model: a 1-label classifier)."
+    def __init__(self, body: nn.Module, # the (SFT) language model; its lm_head is not used
+                 pad_id: int, # padding id (right padding)
+                ):
+        super().__init__()
+        self.body, self.pad_id = body, pad_id
+        self.score = nn.Linear(body.config.d_model, 1, bias=False)
+        nn.init.normal_(self.score.weight, 0.0, 0.02)
+
+    def forward(self, input_ids: torch.Tensor, # (B, T) right-padded
+               ) -> torch.Tensor:
+        "(B,) rewards."
+        h = self.body.hidden(input_ids)                                            # (B, T, d)
+        last = last_token_index(input_ids, self.pad_id)                           # (B,)
+        return self.score(h[torch.arange(len(h), device=h.device), last]).squeeze(-1)
+
+def encode_replies(tok, prompts: Sequence[str], replies: Sequence[str], pad_id: int, length: int | None = None) -> torch.Tensor:
+    "(B, T) right-padded chat encodings of prompt + reply (to `length` columns if given)."
+    rows = [encode_chat(tok, [{'role': 'user', 'content': p}, {'role': 'assistant', 'content': r}])[0] for p, r in zip(prompts, replies)]
+    T = length or max(map(len, rows))
+    return torch.tensor([r + [pad_id] * (T - len(r)) for r in rows])
+
+def encode_pairs(tok, pairs: Sequence[tuple[Task, str, str]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "(chosen ids, rejected ids), both (B, T), from (task, chosen, rejected) triples."
+    rows = [encode_chat(tok, [{'role': 'user', 'content': t.prompt}, {'role': 'assistant', 'content': x}])[0] for t, a, b in pairs for x in (a, b)]
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [pad_id] * (T - len(r)) for r in rows])
+    return ids[0::2], ids[1::2]
+
+def train_reward_model(rm: RewardModel, # trained in place
+                       chosen: torch.Tensor, rejected: torch.Tensor, # (N, T) each
+                       steps: int = 50, batch_size: int = 16, lr: float = 2e-3, margin: float = 0.0, seed: int = 0,
+                      ) -> list[float]:
+    "AdamW on the Bradley–Terry loss over random mini-batches of pairs; returns the loss per step."
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    rm.train(); losses = []
+    for _ in range(steps):
+        i = torch.randint(len(chosen), (batch_size,), generator=g)
+        r = rm(torch.cat([chosen[i], rejected[i]]))                                # both replies in one batch
+        loss = bradley_terry_loss(r[:batch_size], r[batch_size:], margin)
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    rm.eval()
+    return losses
+
+@torch.no_grad()
+def pair_margins(rm: RewardModel, chosen: torch.Tensor, rejected: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    "(N,) r(chosen) - r(rejected): positive where the reward model agrees with the label."
+    rm.eval()
+    return torch.cat([rm(chosen[i:i + batch_size]) - rm(rejected[i:i + batch_size]) for i in range(0, len(chosen), batch_size)])
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #c1206911
 def _ri(g, lo, hi): return int(torch.randint(lo, hi + 1, (1,), generator=g))

@@ -262,3 +262,31 @@ def test_clipped_loss_matches_trl_grpo(loss_type, how):
     trl_loss = GRPOTrainer._compute_loss(self, fake_model, inputs)
     ours = clipped_pg_loss(lp, old, adv, mask.bool(), eps, how=how, max_len=T)[0]
     assert torch.isclose(ours, trl_loss, atol=1e-6), (ours, trl_loss)
+
+
+def test_bradley_terry_loss_formula():
+    from llm_lab.rlhf import bradley_terry_loss
+    g = torch.Generator().manual_seed(0)
+    rc, rr = torch.randn(17, generator=g) * 3, torch.randn(17, generator=g) * 3
+    assert torch.allclose(bradley_terry_loss(rc, rr), -F.logsigmoid(rc - rr).mean(), atol=1e-6)
+    assert torch.allclose(bradley_terry_loss(rc, rr, margin=0.5), -F.logsigmoid(rc - rr - 0.5).mean(), atol=1e-6)
+    assert abs(bradley_terry_loss(rc, rc).item() - math.log(2)) < 1e-6        # equal rewards: log 2
+    assert torch.allclose(bradley_terry_loss(rc + 7, rr + 7), bradley_terry_loss(rc, rr))  # only differences matter
+
+
+def test_reward_model_pools_last_token_and_head_trains(tiny):
+    from llm_lab.rlhf import RewardModel, train_reward_model, pair_margins
+    torch.manual_seed(0)
+    rm = RewardModel(copy.deepcopy(tiny), pad_id=0)
+    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+    assert torch.allclose(rm(ids)[0], rm(ids[:1, :3])[0], atol=1e-5)         # the padding is ignored
+    # a tiny synthetic task: chosen sequences end in token 3, rejected ones in token 4; only the head trains
+    g = torch.Generator().manual_seed(0)
+    body = torch.randint(5, 60, (64, 6), generator=g)
+    chosen, rejected = torch.cat([body, torch.full((64, 1), 3)], 1), torch.cat([body, torch.full((64, 1), 4)], 1)
+    for p in rm.body.parameters(): p.requires_grad_(False)
+    before = rm.body.state_dict()['tok_emb.weight'].clone()
+    losses = train_reward_model(rm, chosen[:48], rejected[:48], steps=60, batch_size=16, lr=3e-2)
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+    assert (pair_margins(rm, chosen[48:], rejected[48:]) > 0).all()           # held-out rows
+    assert torch.equal(before, rm.body.state_dict()['tok_emb.weight'])       # the body did not move
