@@ -105,3 +105,19 @@ def test_the_grader_writes_nothing_outside_its_temp_dir(tmp_path):
 def test_systems_reference_scores_full_marks():
     result = grade('systems', SYSTEMS_SOLUTION, verbose=False)
     assert result['score'] == result['max_score'], statuses(result)
+
+
+ADAPT_SOLUTION = ROOT / 'solutions' / 'assignments' / 'adaptation_alignment.py'
+
+
+def test_adaptation_alignment_reference_scores_full_marks():
+    result = grade('adaptation-alignment', ADAPT_SOLUTION, verbose=False)
+    assert result['score'] == result['max_score'] == get_pack('adaptation-alignment').max_score, statuses(result)
+
+
+def test_lora_with_inverted_scaling_loses_the_lora_parts(tmp_path):
+    path = planted(tmp_path, ADAPT_SOLUTION, 'self.scaling, self.merged = base, alpha / r, False',
+                   'self.scaling, self.merged = base, r / alpha, False', 'lora_scaling')
+    parts = ['LoRA layer', 'GPT fine-tuned with your LoRA', 'DPO loss']
+    result = grade('adaptation-alignment', path, parts=parts, verbose=False)
+    assert [statuses(result)[p] for p in parts] == ['fail', 'fail', 'pass'], json.dumps(result['parts'], indent=1)[:3000]

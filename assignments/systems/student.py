@@ -12,6 +12,7 @@ import math
 import torch
 
 from llm_lab.kernels.ops import triton, tl, kernel_device  # triton, in interpreter mode on a CPU
+from llm_lab.cost import ModelSpec  # the architecture description of chapter 21
 
 DEV = kernel_device()  # where the kernels take their inputs: cuda, or cpu through the interpreter
 
@@ -58,3 +59,18 @@ def my_flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, # (B, H,
                     ) -> torch.Tensor:
     "softmax(q kᵀ / √D) v with my_flash_kernel; (B, H, T, D)."
     raise NotImplementedError  # your launcher here
+
+
+def my_param_count(spec: ModelSpec) -> int:
+    "The exact number of parameters of `spec`."
+    raise NotImplementedError  # your code here
+
+
+def my_train_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
+    "Training (forward + backward) matmul FLOPs per token of `spec` at context `seq_len`."
+    raise NotImplementedError  # your code here
+
+
+def my_training_memory(spec: ModelSpec, micro_batch: int) -> dict:
+    "Bytes per GPU: {'weights', 'gradients', 'master', 'optimizer', 'activations'} (bf16 + AdamW, no sharding, no recomputation)."
+    raise NotImplementedError  # your code here
