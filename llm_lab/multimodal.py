@@ -6,7 +6,7 @@
 from __future__ import annotations
 import copy, math, random
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .core import seed_everything, subplots, check_function, CheckReport, CheckFailed, not_attempted, _first_mismatch
 from .attention import Attention, attention_weights, merge_heads
 from .model import GPT, GPTConfig, Block, MultiHeadAttention
+if TYPE_CHECKING: import transformers  # for annotations only: imported lazily where it is used
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'SIZES', 'HELDOUT_PAIRS', 'ANSWERS', 'NUMBER_WORDS', 'CAPTION_PROMPT', 'TONES', 'AUDIO_ANSWERS',
