@@ -441,7 +441,9 @@ def _finetune_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', help="JSONL file (Alpaca or messages records); default: the synthetic verifiable tasks")
     p.add_argument('--config', help='JSON file with keys of SFTConfig (and base, data, out, method); flags override it')
     p.add_argument('--out', help='output folder (default finetune-out)')
-    p.add_argument('--method', choices=('full', 'lora'), help='full fine-tuning, or LoRA (chapter 13)')
+    p.add_argument('--method', choices=('full', 'lora'), help='full fine-tuning, or LoRA (chapter 13: only the low-rank factors train)')
+    p.add_argument('--lora-r', type=int, default=8, help='LoRA rank (with --method lora)')
+    p.add_argument('--lora-alpha', type=float, default=16.0, help='LoRA scale: the update is (alpha / r)·B A')
     p.add_argument('--steps', type=int); p.add_argument('--batch-size', type=int); p.add_argument('--grad-accum', type=int)
     p.add_argument('--lr', type=float); p.add_argument('--pretrain-mix', type=float); p.add_argument('--seed', type=int)
     p.add_argument('--max-steps-base', type=int, help='use a reduced-steps zoo base (quick tries and tests)')
@@ -463,8 +465,8 @@ def finetune_cli(argv: list[str] | None = None) -> int:
         if unknown: raise ValueError(f"unknown settings {sorted(unknown)}; SFTConfig has {[f.name for f in fields(SFTConfig)]}")
         conf.setdefault('warmup_steps', min(20, conf.get('max_steps', 250) // 10))
         cfg = SFTConfig(**conf)
-        if (opts['method'] or 'full') == 'lora':
-            raise ValueError("--method lora needs llm_lab.peft (chapter 13), which this installation does not have yet; use --method full")
+        method = opts['method'] or 'full'
+        if method not in ('full', 'lora'): raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
         base, out = opts['base'] or 'small-gpt2', Path(opts['out'] or 'finetune-out')
         if Path(base).is_dir():
             from llm_lab.generate import load_for_generation
@@ -477,11 +479,21 @@ def finetune_cli(argv: list[str] | None = None) -> int:
         packed = pack([encode_chat(tok, c) for c in convs], model.config.context_len, tok.eot_id if tok.eot_id is not None else 0)
         seed_everything(cfg.seed)
         pre = corpus_tokens(tok)[0] if cfg.pretrain_mix > 0 else None
-        print(f"fine-tuning {model.num_params():,} parameters on {len(convs):,} conversations ({len(packed.ids)} packed rows) → {out}")
+        if method == 'lora':  # chapter 13's LoRA, imported only for this method (the CLI serves both chapters)
+            from llm_lab.tuners import apply_tuner, LoraConfig
+            model = apply_tuner(model, LoraConfig(r=args.lora_r, alpha=args.lora_alpha))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"fine-tuning {trainable:,} of {model.num_params():,} parameters ({method}) on {len(convs):,} conversations ({len(packed.ids)} packed rows) → {out}")
         t0 = time.perf_counter()
         hist = train_sft(model.train(), packed, cfg, pre, verbose=True)
+        if method == 'lora':  # the adapter in peft's format, then merged so that `llm-lab generate` loads a plain GPT
+            from llm_lab.tuners import save_peft_lora, merge_lora
+            try: save_peft_lora(model, out / 'adapter', base_model_name_or_path=str(base))
+            except NotImplementedError as e: print(f"(adapter not saved in peft's format: {e})")
+            model = merge_lora(model)
         model.save_pretrained(out); tok.save(out / 'tokenizer.json')
-        (out / 'finetune.json').write_text(json.dumps({'base': base, 'data': opts['data'], 'sft_config': asdict(cfg), 'losses': hist['loss']}, indent=1))
+        (out / 'finetune.json').write_text(json.dumps({'base': str(base), 'data': opts['data'], 'method': method, 'trainable_params': trainable,
+                                                          'sft_config': asdict(cfg), 'losses': hist['loss']}, indent=1))
     except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"llm-lab finetune: error: {e}", file=sys.stderr); return 2
     print(f"done: {cfg.max_steps} steps in {time.perf_counter() - t0:.0f} s, final loss {hist['loss'][-1]:.3f}; "

@@ -125,7 +125,13 @@ def test_cli_writes_a_checkpoint_generate_loads(model, tok, tmp_path, capsys):
     meta = json.loads((out / 'finetune.json').read_text())
     assert meta['sft_config']['max_steps'] == 3 and len(meta['losses']) == 3     # the flag overrides the config file
     assert generate_cli([str(out), '--prompt', '<|user|>What is 2 + 3?<|end|><|assistant|>', '-n', '3', '--temperature', '0']) == 0
-    assert finetune_cli(['--base', str(base), '--data', str(data), '--method', 'lora', '--out', str(tmp_path / 'x')]) == 2
+    lora_out = tmp_path / 'lora'
+    assert finetune_cli(['--base', str(base), '--data', str(data), '--method', 'lora', '--lora-r', '2', '--steps', '2',
+                         '--batch-size', '2', '--out', str(lora_out)]) == 0
+    meta = json.loads((lora_out / 'finetune.json').read_text())
+    assert meta['method'] == 'lora' and 0 < meta['trainable_params'] < model.num_params() // 5   # only the low-rank factors trained
+    assert (lora_out / 'adapter' / 'adapter_config.json').exists()                           # peft's format, beside the merged model
+    assert generate_cli([str(lora_out), '--prompt', '<|user|>What is 2 + 3?<|end|><|assistant|>', '-n', '3', '--temperature', '0']) == 0
     (tmp_path / 'bad.json').write_text(json.dumps({'epochs': 3}))
     assert finetune_cli(['--base', str(base), '--config', str(tmp_path / 'bad.json')]) == 2
     assert 'unknown settings' in capsys.readouterr().err
