@@ -11,7 +11,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['HP', 'PACKS', 'Part', 'Pack', 'grade_part', 'get_pack', 'grade', 'format_part', 'training_losses',
            'check_training_with_your_parts', 'check_training_with_your_block', 'check_gpt_with_your_flash',
-           'check_training_with_your_lora', 'register_pack', 'check_cli', 'check_relu']
+           'check_training_with_your_lora', 'register_pack', 'check_cli']
 
 # %% ../nbs/9_instructors/23_grading.ipynb #8c4c2cd2
 @dataclass(frozen=True)
@@ -387,10 +387,3 @@ def check_cli(argv: list[str] | None = None) -> int:
         print(f"score: {result['score']}/{result['max_score']}" + ('' if result['passed'] else '  (some parts did not pass)'))
         if args.json: Path(args.json).write_text(json.dumps(result, indent=1))
     return 0 if result['passed'] else 1
-
-# %% ../nbs/9_instructors/23_grading.ipynb #cc5ec719
-def check_relu(fn) -> object:
-    "Demo checker for this page: `fn(x)` must equal `torch.relu(x)` on random tensors."
-    import torch
-    from llm_lab.core import check_function
-    return check_function('relu', fn, torch.relu, lambda g: (torch.randn(3, 5, generator=g),))
