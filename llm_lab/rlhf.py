@@ -22,8 +22,9 @@ __all__ = ['PADDING', 'model_logits', 'token_logprobs', 'concat_responses', 'res
            'masked_sum_normalize', 'group_advantages', 'aggregate', 'pg_loss', 'clipped_pg_loss', 'kl_estimate',
            'dpo_loss', 'sequence_logps', 'pair_dpo_loss', 'sft_accumulate', 'gae', 'gold_reward', 'gold_prefers',
            'Preference', 'load_preferences', 'candidate_replies', 'preference_pairs', 'bradley_terry_loss',
-           'RewardModel', 'encode_replies', 'encode_pairs', 'train_reward_model', 'pair_margins', 'check_gae',
-           'check_clipped_loss']
+           'RewardModel', 'encode_replies', 'encode_pairs', 'train_reward_model', 'pair_margins', 'PolicyWithValue',
+           'ppo_rewards', 'masked_whiten', 'clipped_value_loss', 'FixedKLController', 'AdaptiveKLController',
+           'PPOConfig', 'ppo_rollout', 'ppo_loss', 'ppo_update', 'train_ppo', 'check_gae', 'check_clipped_loss']
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #506b2e4d
 def model_logits(model: nn.Module, # our GPT or any HF causal LM
@@ -343,6 +344,197 @@ def pair_margins(rm: RewardModel, chosen: torch.Tensor, rejected: torch.Tensor, 
     "(N,) r(chosen) - r(rejected): positive where the reward model agrees with the label."
     rm.eval()
     return torch.cat([rm(chosen[i:i + batch_size]) - rm(rejected[i:i + batch_size]) for i in range(0, len(chosen), batch_size)])
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-vhead
+class PolicyWithValue(nn.Module):
+    "A GPT and a scalar value head on its final hidden states, sharing the body (TRL's `AutoModelForCausalLMWithValueHead`)."
+    def __init__(self, policy: nn.Module, # our GPT (it needs .hidden and .lm_head); trained in place
+                ):
+        super().__init__()
+        self.policy = policy
+        self.value_head = nn.Linear(policy.config.d_model, 1)
+        nn.init.zeros_(self.value_head.weight); nn.init.zeros_(self.value_head.bias)   # V = 0 until it learns
+
+    def forward(self, ids: torch.Tensor, # (B, T) token ids
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        "(logits (B, T, V), values (B, T)) from one pass through the shared body."
+        h = self.policy.hidden(ids)                                                 # (B, T, d)
+        return self.policy.lm_head(h), self.value_head(h).squeeze(-1)
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-rewards
+def ppo_rewards(scores: torch.Tensor, # (B,) reward-model scores of the whole answers
+                logps: torch.Tensor, ref_logps: torch.Tensor, # (B, T) log-probs of the sampled tokens under the policy and the reference
+                mask: torch.Tensor, # (B, T) answer tokens (a contiguous run per row)
+                beta: float, # KL coefficient
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    "(rewards, kl), both (B, T): r_t = -beta * k1_t on every answer token, plus the score on the last one."
+    kl = kl_estimate(logps, ref_logps, 'k1') * mask                                # log pi - log pi_ref per token
+    rewards = -beta * kl
+    last = (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)     # (B,) last answer token
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards, kl
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    "(x - mean) / std over the masked positions (zero elsewhere): advantages on a common scale."
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-vloss
+def clipped_value_loss(values: torch.Tensor, # (B, T) current value predictions (with grad)
+                       old_values: torch.Tensor, # (B, T) the predictions when the batch was sampled
+                       returns: torch.Tensor, # (B, T) targets (GAE returns)
+                       mask: torch.Tensor, # (B, T) answer tokens
+                       clip: float = 0.2, # how far a prediction may move from old_values before its loss stops shrinking
+                      ) -> tuple[torch.Tensor, dict]:
+    "PPO's value loss: 0.5 * masked mean of max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2); and {'vf_clip_frac': ...}."
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+    l1, l2 = (values - returns) ** 2, (v_clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.max(l1, l2), mask), {'vf_clip_frac': masked_mean((l2 > l1).float(), mask).item()}
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-kl
+class FixedKLController:
+    "A constant KL coefficient beta."
+    def __init__(self, beta: float): self.value = beta
+    def update(self, kl: float, n_steps: int): pass
+
+class AdaptiveKLController:
+    "Ziegler et al. (2019): beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."
+    def __init__(self, beta: float, # the starting coefficient
+                 target: float, # the KL (nats per answer) to hold
+                 horizon: float, # in samples: the larger, the slower beta moves
+                ):
+        if target <= 0 or horizon <= 0: raise ValueError(f"target and horizon must be > 0, got target={target}, horizon={horizon}")
+        self.value, self.target, self.horizon = beta, target, horizon
+
+    def update(self, kl: float, # the measured KL of the last batch (mean over its answers)
+               n_steps: int, # samples in that batch
+              ):
+        error = min(max(kl / self.target - 1, -0.2), 0.2)                          # proportional error, clipped
+        self.value *= 1 + error * n_steps / self.horizon
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-config
+@dataclass
+class PPOConfig:
+    "PPO with a KL penalty (InstructGPT's recipe, TRL's defaults scaled down to a CPU)."
+    steps: int = 30                  # rollout batches (each followed by ppo_epochs passes of updates)
+    batch_size: int = 32             # prompts per rollout batch, one sampled answer each
+    minibatch_size: int = 16         # answers per gradient step
+    ppo_epochs: int = 2              # passes over each rollout batch
+    lr: float = 3e-5                 # the policy's learning rate
+    value_lr: float = 1e-3           # the value head's: it starts at zero and must catch up within a few steps
+    max_new_tokens: int = 12
+    temperature: float = 1.0
+    init_kl_coef: float = 0.1        # beta at the start
+    adaptive_kl: bool = True         # False: beta stays at init_kl_coef
+    kl_target: float = 2.0           # nats per response the adaptive controller aims at
+    kl_horizon: float = 500.0        # samples; beta can change by at most 0.2 * batch_size / horizon per step
+    gamma: float = 1.0               # discount (1: the score at the end counts fully for every token)
+    lam: float = 0.95                # GAE's lambda
+    cliprange: float = 0.2           # policy ratio clip
+    cliprange_value: float = 0.2     # value clip (in reward units)
+    vf_coef: float = 0.1             # weight of the value loss (shared body)
+    ent_coef: float = 0.01           # entropy bonus
+    missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that did not end with <|end|>
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of minibatch_size ({self.minibatch_size})")
+        for k in ('steps', 'ppo_epochs', 'max_new_tokens'):
+            if getattr(self, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.init_kl_coef < 0 or self.cliprange <= 0 or self.cliprange_value <= 0:
+            raise ValueError(f"init_kl_coef must be >= 0 and the clip ranges > 0, got {self.init_kl_coef}, {self.cliprange}, {self.cliprange_value}")
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-rollout
+@torch.no_grad()
+def ppo_rollout(model: PolicyWithValue, ref: nn.Module, # the policy with its value head; the frozen reference
+                reward_model: Callable[[torch.Tensor], torch.Tensor], # ids (B, T), right-padded with tok.eot_id -> (B,) scores
+                tok, tasks: Sequence[Task], cfg: PPOConfig, beta: float,
+                generator: torch.Generator | None = None,
+               ) -> dict:
+    "Sample one answer per task, score it, and compute what the updates need: old log-probs, values, rewards, advantages, returns."
+    from llm_lab.preference import sample_answers                                  # chapter 16's sampler (imported lazily: it imports us)
+    model.eval()
+    rolls = [r[0] for r in sample_answers(model.policy, tok, [t.prompt for t in tasks], 1, cfg.max_new_tokens, cfg.temperature, generator)]
+    dev = next(model.parameters()).device
+    ids, rmask = concat_responses([r.prompt_ids for r in rolls], [r.response_ids for r in rolls], tok.eot_id)
+    ids, rmask = ids.to(dev), rmask.to(dev)
+    logits, values = model(ids)
+    mask = rmask[:, 1:]                                                            # (B, T-1) the predicted token is a response token
+    logps = token_logprobs(logits, ids) * mask
+    ref_logps, _ = response_logprobs(ref, ids, rmask)
+    end = tok.special_tokens['<|end|>']
+    stopped = torch.tensor([bool(r.response_ids) and r.response_ids[-1] == end for r in rolls], device=dev)
+    scores = reward_model(ids).float() - cfg.missing_eos_penalty * (~stopped).float()
+    rewards, kl = ppo_rewards(scores, logps, ref_logps, mask, beta)
+    values = values[:, :-1] * mask                                                 # V of the state each response token is chosen in
+    adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    return {'ids': ids, 'mask': mask, 'old_logps': logps, 'old_values': values, 'advantages': masked_whiten(adv, mask),
+            'returns': returns, 'scores': scores, 'kl': kl.sum(-1), 'texts': [r.text for r in rolls],
+            'entropy': masked_mean(token_entropy(logits[:, :-1]), mask).item()}
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-update
+def ppo_loss(model: PolicyWithValue, mb: dict, # a minibatch of a rollout (see `ppo_rollout`)
+             cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
+    "Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy, on one minibatch."
+    logits, values = model(mb['ids'])
+    m = mb['mask']
+    logps = token_logprobs(logits, mb['ids']) * m
+    pg, info = clipped_pg_loss(logps, mb['old_logps'], mb['advantages'], m, cfg.cliprange)
+    vf, vinfo = clipped_value_loss(values[:, :-1] * m, mb['old_values'], mb['returns'], m, cfg.cliprange_value)
+    ent = masked_mean(token_entropy(logits[:, :-1]), m)
+    return pg + cfg.vf_coef * vf - cfg.ent_coef * ent, {'pg_loss': pg.item(), 'vf_loss': vf.item(), **info, **vinfo}
+
+def ppo_update(model: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict, cfg: PPOConfig,
+               generator: torch.Generator | None = None) -> dict:
+    "ppo_epochs passes over the rollout batch in shuffled minibatches; returns the mean of each loss statistic."
+    model.train()
+    keys, B, stats = ('ids', 'mask', 'old_logps', 'old_values', 'advantages', 'returns'), len(batch['ids']), []
+    for _ in range(cfg.ppo_epochs):
+        for idx in torch.randperm(B, generator=generator).split(cfg.minibatch_size):
+            loss, s = ppo_loss(model, {k: batch[k][idx.to(batch['ids'].device)] for k in keys}, cfg)
+            opt.zero_grad(set_to_none=True); loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm); opt.step()
+            stats.append(s)
+    model.eval()
+    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-train
+def train_ppo(policy: nn.Module, # a GPT (trained in place; a zero value head is added) or a PolicyWithValue
+              ref: nn.Module, # the frozen reference (the SFT model)
+              reward_model: Callable[[torch.Tensor], torch.Tensor], # ids (B, T) -> (B,) scores, e.g. a RewardModel
+              tok, # the tokenizer with the chat tokens
+              tasks: Sequence[Task], # training prompts (their answers are used only for the logged gold reward)
+              cfg: PPOConfig | None = None, # default: PPOConfig()
+              callback: Callable[[int, nn.Module], dict] | None = None, # called as callback(step, policy) after every step
+             ) -> dict:
+    "PPO with a KL penalty; returns per-step lists (reward = learned, gold, accuracy, kl, beta, entropy, length, losses) and 'evals' (the callback's dicts)."
+    cfg = cfg or PPOConfig()
+    model = policy if isinstance(policy, PolicyWithValue) else PolicyWithValue(policy).to(next(policy.parameters()).device)
+    dev = next(model.parameters()).device
+    rng, g = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(dev).manual_seed(cfg.seed)
+    opt = torch.optim.AdamW([{'params': model.policy.parameters(), 'lr': cfg.lr},
+                             {'params': model.value_head.parameters(), 'lr': cfg.value_lr}], weight_decay=0.0)
+    ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.init_kl_coef)
+    hist = {k: [] for k in ('reward', 'gold', 'accuracy', 'kl', 'beta', 'entropy', 'length', 'pg_loss', 'vf_loss', 'clip_frac')}
+    for step in range(cfg.steps):
+        batch_tasks = rng.sample(list(tasks), min(cfg.batch_size, len(tasks)))
+        beta = ctl.value
+        b = ppo_rollout(model, ref, reward_model, tok, batch_tasks, cfg, beta, gen)
+        stats = ppo_update(model, opt, b, cfg, g)
+        kl = b['kl'].mean().item()
+        ctl.update(kl, len(batch_tasks))
+        row = {'reward': b['scores'].mean().item(), 'kl': kl, 'beta': beta, 'entropy': b['entropy'],
+               'gold': sum(gold_reward(t, x) for t, x in zip(batch_tasks, b['texts'])) / len(batch_tasks),
+               'accuracy': sum(t.check(x) for t, x in zip(batch_tasks, b['texts'])) / len(batch_tasks),
+               'length': b['mask'].sum(-1).float().mean().item(), **stats}
+        if callback is not None and (out := callback(step, model.policy)): hist.setdefault('evals', []).append({'step': step, **out})
+        for k, v in row.items(): hist.setdefault(k, []).append(v)
+    model.eval()
+    return hist
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #c1206911
 def _ri(g, lo, hi): return int(torch.randint(lo, hi + 1, (1,), generator=g))
