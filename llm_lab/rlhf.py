@@ -24,7 +24,8 @@ __all__ = ['PADDING', 'model_logits', 'token_logprobs', 'concat_responses', 'res
            'Preference', 'load_preferences', 'candidate_replies', 'preference_pairs', 'bradley_terry_loss',
            'RewardModel', 'encode_replies', 'encode_pairs', 'train_reward_model', 'pair_margins', 'PolicyWithValue',
            'ppo_rewards', 'masked_whiten', 'clipped_value_loss', 'FixedKLController', 'AdaptiveKLController',
-           'PPOConfig', 'ppo_rollout', 'ppo_loss', 'ppo_update', 'train_ppo', 'check_gae', 'check_clipped_loss']
+           'PPOConfig', 'ppo_rollout', 'ppo_loss', 'ppo_update', 'train_ppo', 'check_gae', 'check_clipped_loss',
+           'check_value_loss']
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #506b2e4d
 def model_logits(model: nn.Module, # our GPT or any HF causal LM
@@ -582,3 +583,31 @@ def check_clipped_loss(fn: Callable, # your fn(logps, old_logps, advantages, mas
              (max_not_min, "the loss is -min(rho*A, clip(rho)*A): the pessimistic (smaller) objective, so min before the minus sign"),
              (seq_mean, "average over all response tokens of the batch, not per response first")]
     return check_function('clipped_loss', fn, ref, _random_clip_inputs, trials=trials, atol=1e-5, rtol=1e-4, hints=hints, **kwargs)
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #ppo-check
+def _random_value_inputs(g):
+    B, T = _ri(g, 1, 5), _ri(g, 2, 8)
+    old = torch.randn(B, T, generator=g)
+    values = old + 0.4 * torch.randn(B, T, generator=g)                       # moves both inside and outside the clip range
+    mask = torch.rand(B, T, generator=g) > 0.3; mask[:, 0] = True
+    return values, old, torch.randn(B, T, generator=g), mask, [0.1, 0.2, 0.5][_ri(g, 0, 2)]
+
+def check_value_loss(fn: Callable, # your fn(values, old_values, returns, mask, clip) -> scalar
+                     trials: int = 10, **kwargs) -> CheckReport:
+    "Check a learner's PPO clipped value loss against `clipped_value_loss`."
+    ref = lambda v, old, ret, m, c: clipped_value_loss(v, old, ret, m, c)[0]
+    same = lambda got, x: torch.isclose(torch.as_tensor(got, dtype=x.dtype), x, atol=1e-5)
+    def parts(v, old, ret, c): return (v - ret) ** 2, (old + (v - old).clamp(-c, c) - ret) ** 2
+    def min_not_max(got, want, args):
+        v, old, ret, m, c = args; l1, l2 = parts(v, old, ret, c); return same(got, 0.5 * masked_mean(torch.min(l1, l2), m))
+    def no_half(got, want, args): return same(got, 2 * want)
+    def clip_value_itself(got, want, args):
+        v, old, ret, m, c = args
+        return same(got, 0.5 * masked_mean(torch.max((v - ret) ** 2, (v.clamp(-c, c) - ret) ** 2), m))
+    def unclipped(got, want, args):
+        v, old, ret, m, c = args; return same(got, 0.5 * masked_mean((v - ret) ** 2, m))
+    hints = [(no_half, "the value loss is HALF the squared error (0.5 * max(...)), as in PPO's and TRL's code"),
+             (min_not_max, "keep the LARGER of the clipped and unclipped squared errors (max): the pessimistic choice, like the policy's min"),
+             (clip_value_itself, "clip the CHANGE V - V_old to [-clip, clip] and add it to V_old; do not clip V itself"),
+             (unclipped, "also compute the clipped prediction V_old + clip(V - V_old, -clip, clip), and take the max of both squared errors")]
+    return check_function('value_loss', fn, ref, _random_value_inputs, trials=trials, atol=1e-5, rtol=1e-4, hints=hints, **kwargs)

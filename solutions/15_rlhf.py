@@ -7,6 +7,7 @@ import torch
 CHECKS = {
     'my_gae': 'llm_lab.rlhf:check_gae',
     'my_clipped_loss': 'llm_lab.rlhf:check_clipped_loss',
+    'my_value_loss': 'llm_lab.rlhf:check_value_loss',
 }
 
 
@@ -32,3 +33,11 @@ def my_clipped_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: to
     surrogate = torch.min(ratio * A, ratio.clamp(1 - eps, 1 + eps) * A)   # pessimistic: the smaller objective
     m = mask.float()
     return -(surrogate * m).sum() / m.sum()                    # mean over all response tokens of the batch
+
+
+def my_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float) -> torch.Tensor:
+    "Scalar clipped value loss, half the mean over the masked tokens."
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)   # the prediction may move at most `clip` per batch
+    worst = torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)   # pessimistic: the larger error
+    m = mask.float()
+    return 0.5 * (worst * m).sum() / m.sum()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llm_lab.core import CheckFailed
-from llm_lab.rlhf import check_gae, check_clipped_loss, gae
+from llm_lab.rlhf import check_gae, check_clipped_loss, check_value_loss, gae
 
 _spec = importlib.util.spec_from_file_location('sol15', Path(__file__).parents[1] / 'solutions' / '15_rlhf.py')
 sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
@@ -16,7 +16,7 @@ sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
 def stub(*args): raise NotImplementedError
 
 
-@pytest.mark.parametrize('check', [check_gae, check_clipped_loss])
+@pytest.mark.parametrize('check', [check_gae, check_clipped_loss, check_value_loss])
 def test_stub_is_not_attempted(check):
     report = check(stub)
     assert report.attempted is False and not report.ok
@@ -85,3 +85,35 @@ def test_clipped_loss_accepts():
         clipped = torch.where(A >= 0, torch.minimum(r, torch.full_like(r, 1 + eps)), torch.maximum(r, torch.full_like(r, 1 - eps)))
         return -(clipped * A)[m].mean()
     assert check_clipped_loss(via_where, trials=30).ok
+
+
+# --- clipped value loss --------------------------------------------------------------------------------------
+def _errs(v, old, ret, c): return (v - ret) ** 2, (old + (v - old).clamp(-c, c) - ret) ** 2
+
+def vl_min(v, old, ret, m, c): l1, l2 = _errs(v, old, ret, c); return 0.5 * torch.min(l1, l2)[m].mean()
+
+def vl_no_half(v, old, ret, m, c): l1, l2 = _errs(v, old, ret, c); return torch.max(l1, l2)[m].mean()
+
+def vl_clip_value(v, old, ret, m, c): return 0.5 * torch.max((v - ret) ** 2, (v.clamp(-c, c) - ret) ** 2)[m].mean()
+
+def vl_unclipped(v, old, ret, m, c): return 0.5 * ((v - ret) ** 2)[m].mean()
+
+def vl_unmasked(v, old, ret, m, c): l1, l2 = _errs(v, old, ret, c); return 0.5 * torch.max(l1, l2).mean()
+
+def vl_clip_around_returns(v, old, ret, m, c):  # keeps the prediction near the target instead of near the old prediction
+    return 0.5 * torch.max((v - ret) ** 2, (ret + (v - ret).clamp(-c, c) - ret) ** 2)[m].mean()
+
+@pytest.mark.parametrize('fn, hint', [(vl_min, 'LARGER'), (vl_no_half, 'HALF'), (vl_clip_value, 'CHANGE'), (vl_unclipped, 'also compute'),
+                                      (vl_unmasked, None), (vl_clip_around_returns, None)],
+                         ids=['min instead of max', 'no 1/2', 'V clipped, not its change', 'no clipping', 'padding counted',
+                              'clipped around the returns'])
+def test_value_loss_rejects(fn, hint):
+    with pytest.raises(CheckFailed) as e: check_value_loss(fn, trials=30, seed=0)
+    if hint: assert hint in str(e.value)
+
+def test_value_loss_accepts():
+    assert check_value_loss(sol.my_value_loss, trials=30).ok
+    def via_where(v, old, ret, m, c):   # the clipped prediction written with torch.where
+        vc = torch.where(v > old + c, old + c, torch.where(v < old - c, old - c, v))
+        return 0.5 * torch.where((vc - ret) ** 2 > (v - ret) ** 2, (vc - ret) ** 2, (v - ret) ** 2)[m].mean()
+    assert check_value_loss(via_where, trials=30).ok
