@@ -1,12 +1,14 @@
-"""Chapter 11: collectives, the ring all-reduce, data parallel (per parameter and bucketed), ZeRO-1/2, torch's DDP and
-ZeroRedundancyOptimizer, each equal to single-process training, with real processes (gloo on loopback). One process group
-runs every check (starting processes is the slow part)."""
+"""Chapter 11: collectives, the ring all-reduce, data parallel (per parameter and bucketed), ZeRO-1/2/3, torch's DDP,
+ZeroRedundancyOptimizer and FSDP2, each equal to single-process training; tensor parallelism (MLP, attention, a whole GPT
+block) equal to the unsharded layers with its all-reduces counted; pipelines; the memory each strategy holds per rank equal to
+chapter 21's formulas; with real processes (gloo on loopback). One process group runs every check (starting processes is the
+slow part)."""
 import pytest
 import torch
 
 from llm_lab.distributed import (launch, selftest_worker, train_single, toy_model, toy_batches, comm_bytes, ring_all_reduce,
                                  ThreadComm, state_bytes)
-from llm_lab.model import GPT, GPTConfig
+from llm_lab.model import GPT, GPTConfig, Block
 
 
 @pytest.fixture(scope='module')
@@ -129,3 +131,66 @@ def test_pipeline_equals_unsharded_with_the_bubble_of_the_formula(runs, kind):
             order = pipeline_schedule(kind, s, 3, m)
             assert sorted(order) == sorted([('F', i) for i in range(m)] + [('B', i) for i in range(m)])
             assert all(order.index(('F', i)) < order.index(('B', i)) for i in range(m))
+
+
+def test_parallel_block_equals_the_gpt2_block(runs):
+    """ParallelBlock on 2 ranks (float32): the output, the input gradient and each of the Block's 12 weight gradients (this
+    rank's slice) equal chapter 6's unsharded Block; so does a Llama-style attention (RoPE, grouped-query heads)."""
+    names = {n for n, _ in Block(GPTConfig.gpt2(d_model=32, n_head=4, context_len=8)).named_parameters()}
+    for o in runs:
+        t = o['tp_block']
+        assert set(t['grads']) == names
+        errs = [float(t['out']), float(t['x_grad']), *(float(v) for v in t['grads'].values())]
+        assert max(errs) < 1e-5                         # float32 rounding; measured 1.9e-6 on values up to 11
+        assert float(t['llama_out']) < 1e-5 and float(t['llama_x_grad']) < 1e-5
+        assert t['params_per_rank'] == (t['params_full'] - 192) // 2 + 192   # norms and row-parallel biases replicated
+
+
+def test_parallel_block_runs_two_all_reduces_each_way(runs):
+    act = 2 * 8 * 32 * 4                                # (B, T, d) float32
+    for o in runs:
+        calls = o['tp_block']['calls']
+        assert calls == [('forward', act)] * 2 + [('backward', act)] * 2
+        assert sum(comm_bytes('all_reduce', b, 2) for _, b in calls) == 4 * comm_bytes('all_reduce', act, 2)
+
+
+def test_parallel_attention_needs_whole_heads(runs):
+    msg = runs[0]['tp_block']['bad_heads']
+    assert msg is not None and 'n_head (3)' in msg and 'divisible by the 2 ranks' in msg
+
+
+def test_measured_memory_per_strategy_is_the_cost_formula(runs):
+    """The bytes each rank holds (params, grads, optimizer state) under every strategy equal chapter 21's training_memory;
+    ZeroOptimizer's own slice and TP's replicated norms/biases are the two differences, checked to the byte."""
+    from llm_lab.cost import training_memory
+    from llm_lab.distributed import block_stack
+    n = sum(p.numel() for p in block_stack().parameters())
+    layout = {'single': {}, 'ddp': dict(dp=2), 'torch_ddp': dict(dp=2), 'zero1': dict(zero_stage=1, dp=2),
+              'zero2': dict(zero_stage=2, dp=2), 'zero3': dict(zero_stage=3, dp=2), 'torch_fsdp2': dict(zero_stage=3, dp=2),
+              'tp': dict(tp=2), 'pp': dict(pp=2)}
+    assert set(runs[0]['measure']) == set(layout) and set(runs[1]['measure']) == set(layout) - {'single'}
+    for r in runs:
+        for k, o in r['measure'].items():
+            f = training_memory(n, precision='fp32', optimizer='adamw', **layout[k])
+            extra = 192 * 4 if k == 'tp' else 0           # 2 blocks x 192 replicated parameters, half of them beyond the formula's 1/2
+            assert (o['params'], o['grads'], o['optimizer']) == (f['weights'] + extra, f['gradients'] + extra, f['optimizer'] + 2 * extra), k
+            assert o['master'] == (2 * n if k in ('zero1', 'zero2') else 0)
+            assert o['sec_per_step'] > 0
+
+
+def test_step_comm_bytes_is_the_ring_formulas():
+    from llm_lab.distributed import step_comm_bytes
+    n, L, d, T, B = 1e9, 32, 4096, 2048, 64
+    ddp = step_comm_bytes(n, L, d, T, B, dp=8)
+    assert ddp == {'data': 2 * 7 / 8 * n * 2, 'tensor': 0.0, 'pipeline': 0.0, 'total': 2 * 7 / 8 * n * 2}
+    for z in (1, 2): assert step_comm_bytes(n, L, d, T, B, zero_stage=z, dp=8) == ddp      # reduce-scatter + all-gather
+    assert step_comm_bytes(n, L, d, T, B, zero_stage=3, dp=8)['data'] == 1.5 * ddp['data']
+    tp = step_comm_bytes(n, L, d, T, B, dp=2, tp=4)
+    assert tp['data'] == comm_bytes('all_reduce', n / 4 * 2, 2)
+    assert tp['tensor'] == 4 * L * comm_bytes('all_reduce', B / 2 * T * d * 2, 4)          # 4 all-reduces per block
+    pp = step_comm_bytes(n, L, d, T, B, dp=2, pp=4)
+    assert pp['tensor'] == 0 and pp['pipeline'] == 2 * B / 2 * T * d * 2 and pp['data'] == comm_bytes('all_reduce', n / 4 * 2, 2)
+    assert step_comm_bytes(n, L, d, T, B) == {'data': 0.0, 'tensor': 0.0, 'pipeline': 0.0, 'total': 0.0}   # one GPU sends nothing
+    with pytest.raises(ValueError, match='zero_stage'): step_comm_bytes(n, L, d, T, B, zero_stage=4)
+    with pytest.raises(ValueError, match='divide'): step_comm_bytes(n, L, d, T, B, pp=5)
+    with pytest.raises(ValueError, match='tp must be a positive int'): step_comm_bytes(n, L, d, T, B, tp=0)
