@@ -1,6 +1,6 @@
 """Every exercise's reference solution (solutions/NN_chapter.py) passes its checker, and every chapter's stubs are
 answered: the checks that learners run in the notebooks, run here on the solutions instead of in a notebook cell."""
-import importlib, importlib.util, json, re
+import ast, importlib, importlib.util, json, re
 from pathlib import Path
 
 import pytest
@@ -68,3 +68,14 @@ def test_every_stub_of_the_chapter_has_a_solution(path):
     assert mod.CHECKS and set(mod.CHECKS) <= stubs, f'{path.name} checks functions the notebook does not leave to the learner: {sorted(set(mod.CHECKS) - stubs)}'
     missing = sorted(n for n in stubs if not hasattr(mod, n))  # kernels (@triton.jit) are solved too, checked through their launcher
     assert not missing, f'stubs without a solution in {path.name}: {missing}'
+
+
+def test_each_solution_is_written_once():
+    "An exercise's solution (`my_*`, `My*`) lives in one file of solutions/: assignment packs are built from them by scripts/pack_solution.py, not copied."
+    where = {}
+    for path in sorted((ROOT / 'solutions').rglob('*.py')):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and re.match(r'(my_|My)', node.name):
+                where.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    twice = {name: files for name, files in where.items() if len(files) > 1}
+    assert where and not twice, f'solutions written more than once (keep one, import or pack it): {twice}'
