@@ -73,6 +73,34 @@ def _group(lines) -> list[str]:
     return plain + [f"from {m} import {', '.join(sorted(a))}" for m, a in sorted(froms.items())]
 
 
+def _owners(wanted: list[str], files: list[Solution], solutions: Path) -> dict:
+    "function name -> the one solution file that defines it; an error when none or several do."
+    owner = {}
+    for f in wanted:
+        found = [s for s in files if f in s.defs]
+        if not found: raise ValueError(f"the pack needs {f!r}, but no solution file in {solutions} defines it at top level "
+                                       f"(a chapter's NN_*.py, or assignments/*.py for a function only a pack uses)")
+        if len(found) > 1: raise ValueError(f"{f!r} is defined in {[s.path.name for s in found]}: keep one copy")
+        owner[f] = found[0]
+    return owner
+
+
+def _take(s: Solution, names: set, bound: dict, imports: dict) -> list[ast.stmt]:
+    "The statements of `s` that bind `names`, in file order; their imports go into `imports`, every name into `bound`."
+    refs = {n.id for name in names for n in ast.walk(s.defs[name]) if isinstance(n, ast.Name)}
+    for name in sorted(refs & s.imports.keys()):
+        line = _import_line(*s.imports[name])
+        if bound.setdefault(name, line) != line:
+            raise ValueError(f"{name!r} is imported as {line!r} in {s.path.name}, as {bound[name]!r} in an earlier file")
+        imports[line] = True
+    for name in sorted(names):
+        code = ast.unparse(s.defs[name])
+        if name not in bound: bound[name] = code
+        elif bound[name] == code: names = names - {name}     # the same helper, already taken from an earlier file
+        else: raise ValueError(f"{name!r} means different things in {s.path.name} and an earlier solution file: rename one")
+    return sorted({id(s.defs[n]): s.defs[n] for n in names}.values(), key=lambda node: node.lineno)
+
+
 def pack_source(pack, # a pack of llm_lab.grading or its name
                 solutions: Path = ROOT / 'solutions', # the folder of NN_*.py chapter solutions (and assignments/)
                ) -> str:
@@ -81,37 +109,16 @@ def pack_source(pack, # a pack of llm_lab.grading or its name
     pack, solutions = (get_pack(pack) if isinstance(pack, str) else pack), Path(solutions)
     wanted = list(dict.fromkeys(f for part in pack.parts for f in part.functions))
     files = [Solution(p) for p in solution_files(solutions)]
-    owner = {}                                     # function -> the one file that defines it
-    for f in wanted:
-        found = [s for s in files if f in s.defs]
-        if not found: raise ValueError(f"pack {pack.name!r} needs {f!r}, but no solution file in {solutions} defines it at top "
-                                       f"level (a chapter's NN_*.py, or assignments/*.py for a function only a pack uses)")
-        if len(found) > 1: raise ValueError(f"{f!r} is defined in {[s.path.name for s in found]}: keep one copy")
-        owner[f] = found[0]
-    used = [s for s in files if s in owner.values()]
-    bound, imports, blocks, future = {}, {}, [], False   # name -> its import line or code; import lines (an ordered set)
-    for s in used:
-        names = s.closure(f for f in wanted if owner[f] is s)
-        refs = {n.id for name in names for n in ast.walk(s.defs[name]) if isinstance(n, ast.Name)}
-        for name in sorted(refs & s.imports.keys()):
-            line = _import_line(*s.imports[name])
-            if bound.setdefault(name, line) != line: raise ValueError(f"{name!r} is imported differently in {s.path.name}: "
-                                                                      f"{line!r}, elsewhere {bound[name]!r}")
-            imports[line] = True
-        for name in sorted(names):
-            code = ast.unparse(s.defs[name])
-            if name not in bound: bound[name] = code
-            elif bound[name] == code: names.discard(name)   # the same helper, already taken from an earlier file
-            else: raise ValueError(f"{name!r} means different things in {s.path.name} and an earlier solution file: rename one")
-        nodes = sorted({id(s.defs[n]): s.defs[n] for n in names}.values(), key=lambda n: n.lineno)
-        future |= s.future
-        rel = s.path.relative_to(solutions.parent) if s.path.is_relative_to(solutions.parent) else s.path
-        blocks.append(f'# ---- from {rel.as_posix()}\n' + '\n\n\n'.join(s.source(n) for n in nodes))
-    header = (f'"""Reference solution of the {pack.name!r} pack, built by scripts/pack_solution.py from the chapter solutions: '
-              f'edit those, not this file.\n`llm-lab check {pack.name} THIS_FILE` gives it full marks."""')
-    head = [header] + (['from __future__ import annotations'] if future else [])
-    imps = _group(imports)
-    text = '\n'.join(head + imps) + '\n\n\n' + '\n\n\n'.join(blocks) + '\n'
+    owner = _owners(wanted, files, solutions)
+    bound, imports, blocks = {}, {}, []          # name -> its import line or code; import lines (an ordered set)
+    for s in [s for s in files if s in owner.values()]:
+        nodes = _take(s, s.closure(f for f in wanted if owner[f] is s), bound, imports)
+        blocks.append(f'# ---- from {s.path.relative_to(solutions.parent).as_posix()}\n' + '\n\n\n'.join(s.source(n) for n in nodes))
+    future = any(s.future for s in files if s in owner.values())
+    head = [f'"""Reference solution of the {pack.name!r} pack, built by scripts/pack_solution.py from the chapter solutions: '
+            f'edit those, not this file.\n`llm-lab check {pack.name} THIS_FILE` gives it full marks."""']
+    head += ['from __future__ import annotations'] * future + _group(imports)
+    text = '\n'.join(head) + '\n\n\n' + '\n\n\n'.join(blocks) + '\n'
     compile(text, f'<{pack.name} reference>', 'exec')   # a broken extraction fails here, not in the grader
     return text
 
