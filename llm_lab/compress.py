@@ -120,14 +120,14 @@ def quantize(w: torch.Tensor, # (out, in) weights
     if scheme == 'absmax':
         qmax = 2 ** (bits - 1) - 1                                           # int8: 127 (−128 unused: symmetric)
         scale = groups.abs().amax(dim=1).clamp_min(1e-12) / qmax             # (n,)
-        q = (groups / scale[:, None]).round().clamp(-qmax, qmax).to(torch.int8)
+        q = (groups * (1 / scale)[:, None]).round().clamp(-qmax, qmax).to(torch.int8)   # × 1/s, as torch does: same ties
         zero = None
     elif scheme == 'zeropoint':
         qmax = 2 ** bits - 1                                                 # uint8: 0..255
         lo, hi = groups.amin(dim=1).clamp_max(0), groups.amax(dim=1).clamp_min(0)  # the range includes 0 exactly
         scale = ((hi - lo) / qmax).clamp_min(1e-12)
         zero = (-lo / scale).round().clamp(0, qmax)                          # the code that stands for 0.0
-        q = ((groups / scale[:, None]).round() + zero[:, None]).clamp(0, qmax).to(torch.uint8)
+        q = ((groups * (1 / scale)[:, None]).round() + zero[:, None]).clamp(0, qmax).to(torch.uint8)
         zero = zero.to(torch.uint8).reshape(w.shape[0], -1) if g <= w.shape[1] else zero.to(torch.uint8)
     else: raise ValueError(f"scheme must be 'absmax' or 'zeropoint', got {scheme!r}")
     scale = scale.reshape(w.shape[0], -1) if g <= w.shape[1] else scale
