@@ -4,7 +4,8 @@
 
 # %% ../nbs/5_alignment/16_preference.ipynb #d4b5e7d4
 from __future__ import annotations
-import random
+import math, random, re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -15,12 +16,13 @@ from .core import check_function, CheckReport
 from .tasks import Task
 from .finetune import encode_chat
 from .rlhf import (concat_responses, response_logprobs, sequence_logps, dpo_loss, group_advantages, aggregate,
-                          kl_estimate, gold_reward, gold_prefers)
+                          kl_estimate, gold_reward, gold_prefers, encode_replies, RewardModel)
 
 # %% auto #0
-__all__ = ['Rollout', 'chat_prompt_ids', 'sample_answers', 'evaluate_policy', 'win_rate', 'Pair', 'preference_pairs',
-           'pair_logps', 'train_dpo', 'implicit_reward_accuracy', 'grpo_loss', 'train_grpo', 'check_dpo_loss',
-           'check_group_advantages']
+__all__ = ['FILLER', 'LIST_VERBS', 'CONSTITUTION', 'Rollout', 'chat_prompt_ids', 'sample_answers', 'evaluate_policy', 'win_rate',
+           'accuracy_gain', 'Pair', 'preference_pairs', 'pair_logps', 'train_dpo', 'implicit_reward_accuracy',
+           'reward_model_labeller', 'agreement', 'relabel', 'critique', 'revise', 'train_on_answers', 'grpo_loss',
+           'train_grpo', 'comparison_table', 'check_dpo_loss', 'check_group_advantages']
 
 # %% ../nbs/5_alignment/16_preference.ipynb #07fd7d1f
 @dataclass
@@ -77,6 +79,16 @@ def evaluate_policy(policy: nn.Module, ref: nn.Module, tok, # the policy, the re
 def win_rate(tasks: Sequence[Task], a: Sequence[str], b: Sequence[str]) -> float:
     "How often the gold preference prefers answer a to answer b (ties count half)."
     return sum((gold_prefers(t, x, y) + 1) / 2 for t, x, y in zip(tasks, a, b)) / len(tasks)
+
+# %% ../nbs/5_alignment/16_preference.ipynb #ac9a1e01
+def accuracy_gain(tasks: Sequence[Task], new: Sequence[str], base: Sequence[str], # the same held-out tasks, two sets of answers
+                 ) -> tuple[float, float, float]:
+    "(gain, se, paired se): accuracy of `new` minus that of `base`; the binomial standard error of base's accuracy, and of the paired difference."
+    if not len(tasks) == len(new) == len(base): raise ValueError(f"need the same number of tasks and answers, got {len(tasks)}, {len(new)}, {len(base)}")
+    a = torch.tensor([float(t.check(x)) for t, x in zip(tasks, new)])
+    b = torch.tensor([float(t.check(x)) for t, x in zip(tasks, base)])
+    n, p, d = len(tasks), b.mean().item(), a - b
+    return d.mean().item(), math.sqrt(p * (1 - p) / n), (d.std() / math.sqrt(n)).item()   # sqrt(p(1-p)/n); std of per-task differences / sqrt(n)
 
 # %% ../nbs/5_alignment/16_preference.ipynb #440ed761
 @dataclass
@@ -141,6 +153,89 @@ def implicit_reward_accuracy(policy: nn.Module, ref: nn.Module, pairs: Sequence[
     c, r, _, _ = pair_logps(policy, pairs, pad_id); rc, rr, _, _ = pair_logps(ref, pairs, pad_id)
     return ((c - rc) > (r - rr)).float().mean().item()
 
+# %% ../nbs/5_alignment/16_preference.ipynb #ra1f0002
+def reward_model_labeller(rm: RewardModel, tok, pad_id: int, # a trained reward model, its tokenizer and padding id
+                         ) -> Callable[[Task, str, str], int]:
+    "A labeller (task, a, b) -> +1 / -1 / 0 that prefers the reply the reward model scores higher."
+    @torch.no_grad()
+    def label(task: Task, a: str, b: str) -> int:
+        ids = encode_replies(tok, [task.prompt] * 2, [a, b], pad_id).to(next(rm.parameters()).device)   # (2, T)
+        ra, rb = rm(ids).tolist()
+        return (ra > rb) - (ra < rb)
+    return label
+
+def agreement(labeller: Callable[[Task, str, str], int], pairs: Sequence[Pair]) -> float:
+    "Fraction of labelled pairs on which `labeller(task, chosen, rejected)` prefers the chosen answer too (ties count half)."
+    if not pairs: raise ValueError("agreement needs labelled pairs, got no pairs")
+    return sum((labeller(p.task, p.chosen, p.rejected) + 1) / 2 for p in pairs) / len(pairs)
+
+def relabel(pairs: Sequence[Pair], labeller: Callable[[Task, str, str], int]) -> list[Pair]:
+    "The same pairs ordered by another labeller: swapped where it disagrees, dropped where it calls a tie."
+    out = []
+    for p in pairs:
+        s = labeller(p.task, p.chosen, p.rejected)
+        if s > 0: out.append(p)
+        elif s < 0: out.append(Pair(p.task, p.prompt_ids, p.rejected_ids, p.chosen_ids, p.rejected, p.chosen))
+    return out
+
+# %% ../nbs/5_alignment/16_preference.ipynb #ca10002a
+FILLER = ('the answer is', 'i think it is', 'sure!', 'here you go:', 'easy.', 'that is all', 'i hope this helps', 'as asked')
+LIST_VERBS = ('Sort', 'Reverse', 'Repeat')                   # prompts whose answer re-arranges the list they give
+
+def _given(prompt: str) -> list[str] | None:
+    "The items a sort / reverse / repeat prompt lists after its colon, or None for other prompts."
+    return prompt.rsplit(':', 1)[1].split() if prompt.startswith(LIST_VERBS) and ':' in prompt else None
+
+def _no_filler(prompt, reply):
+    for f in FILLER: reply = re.sub(re.escape(f), ' ', reply, flags=re.I)
+    return ' '.join(reply.split())
+
+def _one_number(prompt, reply):
+    m = re.search(r'-?\d+', reply)
+    return m.group() if m and prompt.startswith(('How many', 'What is')) else reply
+
+def _given_items(prompt, reply):
+    left, kept = Counter(_given(prompt) or []), []
+    for w in reply.split():
+        if left[w] > 0: kept.append(w); left[w] -= 1
+    return ' '.join(kept) if _given(prompt) is not None else reply
+
+# %% ../nbs/5_alignment/16_preference.ipynb #ca10003a
+CONSTITUTION = {   # name: (the principle, the rewrite that makes a reply follow it)
+    'no filler': ("Answer without filler such as 'Sure!' or 'The answer is'.", _no_filler),
+    'a number': ("Answer a question about a number with that number only.", _one_number),
+    'only the given items': ("When asked to sort, reverse or repeat a list, use only its items, each at most as often as given.", _given_items),
+}
+
+def critique(prompt: str, reply: str, constitution: dict = CONSTITUTION) -> list[str]:
+    "The names of the principles `reply` breaks: those whose rewrite would change it (checked from the prompt alone)."
+    return [name for name, (_, fix) in constitution.items() if fix(prompt, reply) != ' '.join(reply.split())]
+
+def revise(prompt: str, reply: str, constitution: dict = CONSTITUTION) -> str:
+    "The reply rewritten to follow every principle, in the constitution's order."
+    reply = ' '.join(reply.split())
+    for _, fix in constitution.values(): reply = fix(prompt, reply)
+    return reply
+
+# %% ../nbs/5_alignment/16_preference.ipynb #ca10004a
+def train_on_answers(policy: nn.Module, tok, tasks: Sequence[Task], answers: Sequence[str], # trained in place; one answer per task
+                     steps: int = 30, batch_size: int = 16, lr: float = 3e-5, seed: int = 0,
+                    ) -> list[float]:
+    "Supervised fine-tuning on (prompt, answer) chats: the per-token NLL of each answer and its <|end|>; returns the loss per step."
+    end = tok.special_tokens['<|end|>']
+    P = [chat_prompt_ids(tok, t.prompt, policy.config.context_len - 16) for t in tasks]
+    R = [tok.encode(a) + [end] for a in answers]
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    policy.train(); losses = []
+    for _ in range(steps):
+        idx = rng.sample(range(len(P)), min(batch_size, len(P)))
+        lp, n = sequence_logps(policy, [P[i] for i in idx], [R[i] for i in idx], tok.eot_id)   # (b,) summed log-probs, lengths
+        loss = -lp.sum() / n.sum()
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); losses.append(loss.item())
+    policy.eval()
+    return losses
+
 # %% ../nbs/5_alignment/16_preference.ipynb #6fe5ead3
 def grpo_loss(logps: torch.Tensor, # (B, T) per-token log-probs under the current policy (with grad)
               old_logps: torch.Tensor, # (B, T) under the policy that sampled
@@ -193,6 +288,15 @@ def train_grpo(policy: nn.Module, ref: nn.Module, tok, tasks: Sequence[Task], # 
         hist['kl'].append(((old - ref_lp) * mask).sum(-1).mean().item())
     policy.eval()
     return hist
+
+# %% ../nbs/5_alignment/16_preference.ipynb #c0a1b1e1
+def comparison_table(rows: dict[str, dict], # method name -> evaluate_policy's dict (plus 'win_rate')
+                    ):
+    "A pandas DataFrame, one row per method: held-out gold reward, accuracy, gold win rate against SFT, KL to the reference."
+    import pandas as pd
+    cols = {'gold': 'gold reward', 'accuracy': 'accuracy', 'win_rate': 'win vs SFT', 'kl': 'KL to ref'}
+    return pd.DataFrame({name: {v: r.get(k, 0.5 if k == 'win_rate' else float('nan')) for k, v in cols.items()}
+                         for name, r in rows.items()}).T.round(3)
 
 # %% ../nbs/5_alignment/16_preference.ipynb #c330933d
 def _ri(g, lo, hi): return int(torch.randint(lo, hi + 1, (1,), generator=g))

@@ -1,6 +1,7 @@
 """Chapter 16's pieces on a tiny random model with the chat tokens: sampling, pair building with any labeller, DPO training and
-its implicit-reward accuracy, GRPO's loss (formula and TRL's GRPOTrainer._compute_loss with the k3 KL term) and a GRPO step."""
-import copy
+its implicit-reward accuracy, GRPO's loss (formula and TRL's GRPOTrainer._compute_loss with the k3 KL term) and a GRPO step;
+RLAIF labellers and their agreement, the constitution's critic and reviser, SFT on answers, the accuracy gain and the table."""
+import copy, random
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -12,8 +13,10 @@ from llm_lab.model import GPT, GPTConfig
 from llm_lab.tokenizer import BPETokenizer, EOT
 from llm_lab.tasks import Task, make_tasks
 from llm_lab.rlhf import kl_estimate, masked_mean
+from llm_lab.rlhf import RewardModel, encode_replies, gold_prefers, gold_reward
 from llm_lab.preference import (Rollout, sample_answers, chat_prompt_ids, evaluate_policy, win_rate, Pair, preference_pairs,
-                                pair_logps, train_dpo, implicit_reward_accuracy, grpo_loss, train_grpo)
+                                pair_logps, train_dpo, implicit_reward_accuracy, grpo_loss, train_grpo, accuracy_gain,
+                                reward_model_labeller, agreement, relabel, critique, revise, train_on_answers, comparison_table)
 
 
 @pytest.fixture(scope='module')
@@ -113,3 +116,68 @@ def test_train_grpo_runs_and_moves(lm):
     assert set(hist) == {'reward', 'accuracy', 'length', 'kl'} and len(hist['reward']) == 2
     assert abs(hist['kl'][0]) < 1e-5                                          # the first batch is sampled from the reference
     assert any((p - q).abs().max() > 0 for p, q in zip(policy.parameters(), ref.parameters()))
+
+
+def test_agreement_and_relabel(lm):
+    model, tok = lm
+    t = Task('add', 'What is 1 + 1?', '2')
+    pairs = [Pair(t, [1], [2], [3], '2', '3'), Pair(t, [1], [4], [5], '2', '2 is it'), Pair(t, [1], [6], [7], 'x', 'y z')]
+    shorter = lambda task, a, b: (len(a) < len(b)) - (len(a) > len(b))          # a toy AI labeller: the shorter reply wins
+    assert agreement(shorter, pairs) == pytest.approx((0.5 + 1 + 1) / 3)       # a tie counts half
+    assert agreement(gold_prefers, pairs) == 1.0 and agreement(lambda *a: -1, pairs) == 0.0
+    out = relabel(pairs, lambda task, a, b: -1 if a == 'x' else (0 if b == '3' else 1))
+    assert [(p.chosen, p.chosen_ids) for p in out] == [('2', [4]), ('y z', [7])]   # the tie dropped, the third swapped
+    with pytest.raises(ValueError, match='no pairs'): agreement(shorter, [])
+
+
+def test_reward_model_labeller(lm):
+    model, tok = lm
+    rm = RewardModel(copy.deepcopy(model), tok.eot_id)
+    t = Task('add', 'What is 1 + 2?', '3')
+    lab = reward_model_labeller(rm, tok, tok.eot_id)
+    s = lab(t, '3', '4')
+    assert s in (-1, 1) and lab(t, '4', '3') == -s and lab(t, '3', '3') == 0     # antisymmetric, a tie for equal replies
+    ids = encode_replies(tok, [t.prompt] * 2, ['3', '4'], tok.eot_id)
+    with torch.no_grad(): r = rm(ids)
+    assert s == (1 if r[0] > r[1] else -1)
+
+
+@pytest.mark.parametrize('prompt, reply, broken, revised', [
+    ('How many times does cat appear in: cat dog cat?', 'Sure! 2 cats', ['no filler', 'a number'], '2'),
+    ('What is 3 + 4?', '7', [], '7'),
+    ('Sort these digits: 3 1 2', '1 2 3 3 9', ['only the given items'], '1 2 3'),
+    ('Reverse the order of these words: cat dog', 'The answer is dog cat', ['no filler', 'only the given items'], 'dog cat'),
+    ('Join these words with commas: cat dog', 'cat,dog', [], 'cat,dog'),                 # not a list to re-arrange
+    ('Which keyword is this about? The ___ statement: loops.', 'for', [], 'for'),        # a colon, but no list
+])
+def test_critique_and_revise(prompt, reply, broken, revised):
+    assert critique(prompt, reply) == broken
+    assert revise(prompt, reply) == revised
+    assert critique(prompt, revise(prompt, reply)) == []                               # a revision passes its own critic
+
+
+def test_revise_improves_gold_never_hurts():
+    tasks = make_tasks(60, kinds=('sort', 'count', 'reverse', 'add'), seed=2)
+    rng = random.Random(0)
+    replies = [rng.choice(['Sure! ', '', 'The answer is ']) + t.answer + rng.choice(['', ' 9', ' cat']) for t in tasks]
+    before = [gold_reward(t, r) for t, r in zip(tasks, replies)]
+    after = [gold_reward(t, revise(t.prompt, r)) for t, r in zip(tasks, replies)]
+    assert all(a >= b for a, b in zip(after, before)) and sum(after) > sum(before) + 10
+
+
+def test_train_on_answers(lm):
+    model, tok = lm
+    policy = copy.deepcopy(model)
+    tasks = make_tasks(8, kinds=('add',), seed=0)
+    losses = train_on_answers(policy, tok, tasks, [t.answer for t in tasks], steps=30, batch_size=8, lr=3e-3)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_accuracy_gain_and_table():
+    t = [Task('add', f'What is {i} + 0?', str(i)) for i in range(4)]
+    gain, se, se_paired = accuracy_gain(t, ['0', '1', '2', 'x'], ['0', 'x', 'x', 'x'])
+    assert gain == pytest.approx(0.5) and se == pytest.approx((0.25 * 0.75 / 4) ** 0.5)
+    assert se_paired == pytest.approx(torch.tensor([0., 1, 1, 0]).std().item() / 2)
+    with pytest.raises(ValueError, match='same number'): accuracy_gain(t, ['0'], ['0', '1', '2', '3'])
+    df = comparison_table({'SFT': {'gold': 0.5, 'accuracy': 0.4, 'kl': 0.0}, 'DPO': {'gold': 0.6, 'accuracy': 0.5, 'kl': 0.2, 'win_rate': 0.55}})
+    assert list(df.index) == ['SFT', 'DPO'] and df.loc['SFT', 'win vs SFT'] == 0.5 and df.loc['DPO', 'KL to ref'] == 0.2
