@@ -23,11 +23,12 @@ __all__ = ['FLOAT_BITS', 'GGUF_BITS', 'FP8_FORMATS', 'TRITON_MISSING', 'linear_l
            'model_bytes', 'layer_error', 'QTensor', 'quantize', 'fake_quantize', 'bits_per_weight', 'fp8_fake_quantize',
            'nf4_fake_quantize', 'int8_rows', 'int8_matmul', 'int8_outlier_matmul', 'w8a8_matmul', 'smooth_scales',
            'fold_smoothing', 'hessian', 'gptq_quantize', 'obq_quantize', 'Int8KVCache', 'magnitude_mask',
-           'global_magnitude_masks', 'nm_mask', 'wanda_mask', 'prune_neurons', 'prune_heads', 'distill_loss',
-           'hidden_loss', 'train_student', 'shared_layers_model', 'FactorizedEmbedding', 'pack_int4', 'unpack_int4',
-           'lowbit_matmul', 'lowbit_matmul_reference', 'gguf_names', 'save_gguf', 'load_gguf', 'latency_per_token',
-           'pareto_front', 'plot_pareto', 'quant_error_grid', 'plot_quantized_row', 'check_group_int4', 'check_gptq',
-           'check_nm_mask', 'check_distill_loss']
+           'global_magnitude_masks', 'nm_mask', 'wanda_mask', 'prune_neurons', 'prune_heads', 'cubic_sparsity',
+           'apply_masks', 'prune_finetune', 'distill_loss', 'hidden_loss', 'train_student', 'SharedBlock',
+           'shared_layers_model', 'FactorizedEmbedding', 'FactorizedHead', 'factorize_embeddings', 'pack_int4',
+           'unpack_int4', 'lowbit_matmul', 'lowbit_matmul_reference', 'gguf_names', 'save_gguf', 'load_gguf',
+           'latency_per_token', 'pareto_front', 'plot_pareto', 'quant_error_grid', 'plot_quantized_row',
+           'check_group_int4', 'check_gptq', 'check_nm_mask', 'check_distill_loss']
 
 # %% ../nbs/6_efficiency/17_compression.ipynb #0062be42
 def linear_layers(model: GPT) -> dict[str, nn.Linear]:
@@ -401,6 +402,55 @@ def prune_heads(model: GPT, # multi-head attention with a fused qkv_proj (GPT-2 
         a.o_proj = _shrink_linear(a.o_proj, in_idx=cols)
     return new
 
+# %% ../nbs/6_efficiency/17_compression.ipynb #e485fd70
+def cubic_sparsity(step: int, # pruning step t, 0..n_steps (clipped to that range)
+                   n_steps: int, # the step at which the final sparsity is reached
+                   final: float, # s_f, the sparsity at the end
+                   initial: float = 0.0, # s_i, the sparsity at step 0
+                  ) -> float:
+    "Zhu & Gupta (2017)'s gradual schedule s_t = s_f + (s_i − s_f)(1 − t/n)³: steep at first, flat near the end."
+    if n_steps < 1: raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if not 0 <= initial <= final < 1: raise ValueError(f"need 0 <= initial <= final < 1, got initial={initial}, final={final}")
+    t = min(max(step, 0), n_steps)
+    return final + (initial - final) * (1 - t / n_steps) ** 3
+
+@torch.no_grad()
+def apply_masks(model: GPT, masks: dict[str, torch.Tensor]) -> None:
+    "Zero the pruned weights in place: W ← W · mask for every block Linear named in `masks`."
+    for name, m in linear_layers(model).items():
+        if name in masks: m.weight.mul_(masks[name])
+
+# %% ../nbs/6_efficiency/17_compression.ipynb #8208558c
+def prune_finetune(model: GPT, # left unchanged
+                   tokens: np.ndarray, # training token ids
+                   sparsity: float, # final fraction of every block Linear's weights that is zero
+                   steps: int = 200, # fine-tuning steps in all
+                   n_prunes: int = 1, # pruning events: 1 = one-shot (everything at step 0), n = the cubic schedule in n steps
+                   prune_every: int = 10, # fine-tuning steps between pruning events
+                   batch_size: int = 8, block_size: int = 64, lr: float = 3e-3, seed: int = 0,
+                  ) -> tuple[GPT, dict[str, list[float]]]:
+    "Magnitude pruning with fine-tuning, masks held fixed between pruning events; (pruned copy, {'sparsity', 'loss'} per step)."
+    from llm_lab.data import RandomWindows
+    if n_prunes < 1 or (n_prunes - 1) * prune_every >= steps:
+        raise ValueError(f"{n_prunes} pruning events every {prune_every} steps do not fit in {steps} fine-tuning steps")
+    model = copy.deepcopy(model).train()
+    torch.manual_seed(seed)
+    data = RandomWindows(tokens, batch_size, block_size, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    masks, hist = {}, {'sparsity': [], 'loss': []}
+    for step in range(steps):
+        if step % prune_every == 0 and step // prune_every < n_prunes:         # a pruning event: new masks, by current magnitude
+            s = cubic_sparsity(step // prune_every + 1, n_prunes, sparsity)
+            masks = {n: magnitude_mask(m.weight, s) for n, m in linear_layers(model).items()}
+            apply_masks(model, masks)
+        x, y = next(data)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        apply_masks(model, masks)                                            # pruned weights stay zero (Adam's momentum would move them)
+        for g in opt.param_groups: g['lr'] = lr * (1 - (step + 1) / steps)   # linear decay to 0
+        hist['sparsity'].append(s); hist['loss'].append(loss.item())
+    return model.eval(), hist
+
 # %% ../nbs/6_efficiency/17_compression.ipynb #3fbd1d66
 def distill_loss(student_logits: torch.Tensor, # (..., V)
                  teacher_logits: torch.Tensor, # (..., V)
@@ -450,20 +500,54 @@ def train_student(student: GPT, # trained in place
         losses.append(loss.item())
     return losses
 
-# %% ../nbs/6_efficiency/17_compression.ipynb #0e3dae1b
+# %% ../nbs/6_efficiency/17_compression.ipynb #1a616ba6
+class _CacheSlot:
+    "A KV cache seen through one layer's slot: the shared block's own layer index is ignored."
+    def __init__(self, cache: KVCache, layer: int): self.cache, self.layer = cache, layer
+    @property
+    def pos(self) -> int: return self.cache.pos
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor): return self.cache.update(self.layer, k, v)
+
+class SharedBlock(nn.Module):
+    "Layer `layer_idx` of an ALBERT-style model: runs the one shared block, storing keys/values in its own cache slot."
+    def __init__(self, block: nn.Module, layer_idx: int):
+        super().__init__()
+        self.block, self.layer_idx = block, layer_idx
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, token_positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.block(x, None if kv_cache is None else _CacheSlot(kv_cache, self.layer_idx), token_positions)
+
 def shared_layers_model(config: GPTConfig) -> GPT:
-    "ALBERT-style cross-layer sharing: every block is the same module, so n_layer blocks cost the parameters of one."
+    "ALBERT-style cross-layer sharing: all n_layer layers run the same block, so they cost the parameters of one."
     model = GPT(config)
-    for i in range(1, config.n_layer): model.blocks[i] = model.blocks[0]
+    model.blocks = nn.ModuleList(SharedBlock(model.blocks[0], i) for i in range(config.n_layer))
     return model
 
+# %% ../nbs/6_efficiency/17_compression.ipynb #0b8850b3
 class FactorizedEmbedding(nn.Module):
     "ALBERT's factorised embedding: vocab → e (small) → d_model, V·e + e·d parameters instead of V·d."
     def __init__(self, vocab_size: int, e: int, d_model: int):
         super().__init__()
+        if not 0 < e: raise ValueError(f"the embedding width e must be a positive int, got {e}")
         self.small, self.up = nn.Embedding(vocab_size, e), nn.Linear(e, d_model, bias=False)
         nn.init.normal_(self.small.weight, 0.0, 0.02)
+        nn.init.normal_(self.up.weight, 0.0, e ** -0.5)                      # the product starts at GPT's usual 0.02 scale
     def forward(self, idx: torch.Tensor) -> torch.Tensor: return self.up(self.small(idx))   # (B, T) -> (B, T, d_model)
+
+class FactorizedHead(nn.Module):
+    "The output head tied to a FactorizedEmbedding: logits = h · up · smallᵀ, no parameters of its own."
+    def __init__(self, emb: FactorizedEmbedding):
+        super().__init__()
+        self.emb = emb
+    def forward(self, h: torch.Tensor) -> torch.Tensor: return (h @ self.emb.up.weight) @ self.emb.small.weight.T  # (B,T,d)(d,e)(e,V)
+
+def factorize_embeddings(model: GPT, # a GPT with a tied head; changed in place
+                         e: int, # the small embedding width
+                        ) -> GPT:
+    "Replace the token embedding and its tied head by a fresh factorised embedding of width e; returns `model`."
+    if not model.config.tie_embeddings: raise ValueError("factorize_embeddings needs a tied head (GPTConfig(tie_embeddings=True))")
+    model.tok_emb = FactorizedEmbedding(model.config.vocab_size, e, model.config.d_model)
+    model.lm_head = FactorizedHead(model.tok_emb)
+    return model
 
 # %% ../nbs/6_efficiency/17_compression.ipynb #1f53cb68
 TRITON_MISSING = ("Triton is not installed: it ships wheels for Linux only (pip install 'llm_lab[kernels]'). "

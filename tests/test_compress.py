@@ -103,7 +103,7 @@ def test_distill_loss_matches_kl_and_t2():
 def test_sharing_bytes_calibration(tiny):
     cfg = tiny.config
     shared = shared_layers_model(cfg)
-    assert shared.blocks[0] is shared.blocks[1] and shared.num_params() < GPT(cfg).num_params()
+    assert shared.blocks[0].block is shared.blocks[1].block and shared.num_params() < GPT(cfg).num_params()
     X = calibration_inputs(tiny, torch.randint(0, 64, (200,)).numpy(), n_windows=2)
     assert X['blocks.0.mlp.up_proj'].shape == (64, 64) and X['blocks.1.mlp.down_proj'].shape == (64, 256)
     assert model_bytes(tiny, 4) < model_bytes(tiny, 8) < model_bytes(tiny)
@@ -188,3 +188,57 @@ def test_bits_per_weight_formats_and_cost():
     assert q4.memory['weights'] == param_count(spec) * 4.125 / 8 and q4.weight_format == 'int4-g128'
     assert q4.usd_per_million_tokens < 0.3 * bf16.usd_per_million_tokens < bf16.usd_per_million_tokens
     assert estimate_inference(spec, batch=1, weight_format='bf16').usd_per_million_tokens == pytest.approx(bf16.usd_per_million_tokens)
+
+
+def test_cubic_sparsity_schedule():
+    from llm_lab.compress import cubic_sparsity
+    for t in range(11):
+        assert cubic_sparsity(t, 10, 0.9) == pytest.approx(0.9 * (1 - (1 - t / 10) ** 3))           # Zhu & Gupta: s_f(1 − (1 − t/n)³)
+        assert cubic_sparsity(t, 10, 0.9, 0.2) == pytest.approx(0.9 + (0.2 - 0.9) * (1 - t / 10) ** 3)
+    assert cubic_sparsity(-3, 10, 0.9) == 0.0 and cubic_sparsity(99, 10, 0.9) == pytest.approx(0.9)  # clipped to [0, n]
+    steps = [cubic_sparsity(t, 10, 0.9) for t in range(11)]
+    gains = [b - a for a, b in zip(steps, steps[1:])]
+    assert all(later < earlier for earlier, later in zip(gains, gains[1:]))                       # each step prunes less than the last
+    with pytest.raises(ValueError, match='initial <= final'): cubic_sparsity(1, 10, 1.0)
+    with pytest.raises(ValueError, match='n_steps'): cubic_sparsity(1, 0, 0.5)
+
+
+@pytest.mark.parametrize('n_prunes', [1, 3])
+def test_prune_finetune_keeps_pruned_weights_zero(tiny, n_prunes):
+    from llm_lab.compress import prune_finetune, linear_layers, magnitude_mask, cubic_sparsity
+    tokens = torch.randint(0, 64, (2000,)).numpy()
+    snapshot = {k: v.clone() for k, v in tiny.state_dict().items()}
+    pruned, hist = prune_finetune(tiny, tokens, 0.8, steps=8, n_prunes=n_prunes, prune_every=2, batch_size=2, block_size=16, lr=1e-2)
+    assert hist['sparsity'][-1] == pytest.approx(0.8) and len(hist['loss']) == 8
+    assert hist['sparsity'][0] == pytest.approx(0.8 if n_prunes == 1 else cubic_sparsity(1, 3, 0.8))
+    before, after = linear_layers(tiny), linear_layers(pruned)
+    for name, m in after.items():
+        zeros = m.weight == 0
+        assert zeros.float().mean() == pytest.approx(0.8, abs=1 / m.weight.numel())     # exactly the final sparsity...
+        if n_prunes == 1:                                                                # ...and the one-shot mask never moved:
+            assert torch.equal(zeros, magnitude_mask(before[name].weight, 0.8) == 0)    # pruned at step 0, still zero after 8 Adam steps
+        assert not torch.equal(m.weight[~zeros], before[name].weight[~zeros])           # while the kept weights trained
+    assert all(torch.equal(a, b) for a, b in zip(tiny.state_dict().values(), snapshot.values()))   # the input model is left unchanged
+    with pytest.raises(ValueError, match='do not fit'): prune_finetune(tiny, tokens, 0.8, steps=4, n_prunes=3, prune_every=2)
+
+
+def test_shared_and_factorised_models():
+    from dataclasses import replace
+    from llm_lab.model import KVCache
+    from llm_lab.compress import factorize_embeddings
+    cfg = GPTConfig.gpt2(vocab_size=64, context_len=32, n_layer=3, n_head=4, d_model=32)
+    torch.manual_seed(0)
+    shared = shared_layers_model(cfg).eval()
+    assert shared.num_params() == GPT(replace(cfg, n_layer=1)).num_params()            # 3 layers, the parameters of 1
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        full, cache = shared(ids)[0], KVCache(cfg, 2)
+        stepped = torch.cat([shared(ids[:, :5], kv_cache=cache)[0]] + [shared(ids[:, t:t + 1], kv_cache=cache)[0] for t in range(5, 12)], 1)
+    assert (stepped - full).abs().max() < 1e-5                                          # each layer keeps its own keys/values
+    assert all(k is not None for k in cache.k)
+    fact = factorize_embeddings(GPT(cfg), 8)
+    assert GPT(cfg).num_params() - fact.num_params() == 64 * 32 - (64 * 8 + 8 * 32)
+    logits, loss = fact(ids, ids)
+    assert logits.shape == (2, 12, 64) and torch.isfinite(loss)
+    loss.backward(); assert fact.tok_emb.small.weight.grad is not None                 # the head is tied: gradients reach the table
+    with pytest.raises(ValueError, match='tied head'): factorize_embeddings(GPT(replace(cfg, tie_embeddings=False)), 8)
