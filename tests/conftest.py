@@ -15,6 +15,8 @@ settings.register_profile('llm_lab', deadline=None, suppress_health_check=[Healt
 settings.load_profile('llm_lab')
 
 import importlib
+import importlib.util
+from pathlib import Path
 import pytest
 
 
@@ -29,3 +31,16 @@ def require(module: str):
         if os.environ.get('LLM_LAB_REQUIRE_ALL') == '1':
             pytest.fail(f"{module!r} is required by `make test` but does not import: {e}", pytrace=False)
         pytest.skip(f"{module!r} is not installed ({e})")
+
+
+def load_solution(filename: str):
+    "The reference solutions of one chapter, `solutions/<filename>`, as a module (the folder is not a package)."
+    path = Path(__file__).resolve().parents[1] / 'solutions' / filename
+    spec = importlib.util.spec_from_file_location(f'solution_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+    return module
+
+
+def stub(*args):
+    "What a learner starts from: every exercise stub raises NotImplementedError."
+    raise NotImplementedError

@@ -1,19 +1,14 @@
 """The exercise checkers of chapter 21 (cost): the solution and an alternative pass, the stub is 'not attempted', and a table
 of named wrong implementations is rejected with the expected hint."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from llm_lab.core import CheckFailed
 from llm_lab.cost import (check_param_count, check_train_flops_per_token, check_training_memory, check_kv_cache_bytes,
-                          param_breakdown, param_count, train_flops_per_token, training_memory)
+                          param_breakdown, param_count, training_memory)
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol21', Path(__file__).resolve().parents[1] / 'solutions' / '21_cost.py')
-sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
-
-
-def stub(*a): raise NotImplementedError
+sol = load_solution('21_cost.py')
 
 
 @pytest.mark.parametrize('check', [check_param_count, check_train_flops_per_token, check_training_memory, check_kv_cache_bytes])

@@ -1,18 +1,14 @@
 """The checkers of chapter 08's exercises: the stub is 'not written yet', other correct implementations pass, named mistakes are rejected with their hint."""
-import hashlib, importlib.util, re, zlib
-from pathlib import Path
+import hashlib, re, zlib
 
 import numpy as np
 import pytest
 
 from llm_lab.core import CheckFailed
 from llm_lab import data as D
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol08', Path(__file__).parents[1] / 'solutions' / '08_data.py')
-SOL = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(SOL)
-
-
-def stub(*args): raise NotImplementedError  # your code here
+SOL = load_solution('08_data.py')
 
 
 @pytest.mark.parametrize('check', [D.check_minhash_signature, D.check_lsh_candidates, D.check_deidentify, D.check_jaccard,

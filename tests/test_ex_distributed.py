@@ -1,19 +1,14 @@
 """The exercise checkers of chapter 11: each accepts the solution and another correct implementation, reports a stub as
 not attempted without raising, and rejects a table of named wrong implementations (with the hint where one is given)."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from llm_lab.core import CheckFailed
 from llm_lab.distributed import check_ring_all_reduce, check_zero1_step, check_1f1b_schedule
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol11', Path(__file__).resolve().parents[1] / 'solutions' / '11_distributed.py')
-sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
-
-
-def stub(*a): raise NotImplementedError
+sol = load_solution('11_distributed.py')
 
 
 def test_stubs_not_attempted():

@@ -1,7 +1,5 @@
 """The exercise checkers of chapter 14: each accepts the solution and another correct implementation, reports a stub as
 not attempted without raising, and rejects a table of named wrong implementations (with the hint where one is given)."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,12 +7,9 @@ import torch.nn.functional as F
 
 from llm_lab.core import CheckFailed
 from llm_lab.moe import check_moe_forward, check_load_balancing_loss
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol14', Path(__file__).resolve().parents[1] / 'solutions' / '14_moe.py')
-sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
-
-
-def stub(*a): raise NotImplementedError
+sol = load_solution('14_moe.py')
 
 
 def test_stubs_not_attempted():

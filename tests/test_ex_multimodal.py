@@ -1,8 +1,5 @@
 """The exercise checkers of chapter 20 (multimodal): the solutions and alternatives pass, the stub is 'not attempted', and a
 table of named wrong implementations is rejected with the expected hint."""
-import importlib.util
-import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,12 +7,9 @@ import torch.nn.functional as F
 
 from llm_lab.core import CheckFailed
 from llm_lab.multimodal import check_patchify, check_clip_loss, check_gated_cross_attention, patchify
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol20', Path(__file__).resolve().parents[1] / 'solutions' / '20_multimodal.py')
-sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
-
-
-def stub(*a): raise NotImplementedError
+sol = load_solution('20_multimodal.py')
 
 
 @pytest.mark.parametrize('check', [check_patchify, check_clip_loss, check_gated_cross_attention])

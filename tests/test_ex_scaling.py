@@ -1,20 +1,16 @@
 """The exercise checkers of chapter 10 (scaling): each accepts correct implementations (the solution and another), reports
 a stub as not attempted without raising, and rejects a table of named wrong implementations (with the hint where one is given)."""
-import functools, importlib.util
-from pathlib import Path
+import functools
 
 import numpy as np
 import pytest
 
 from llm_lab.core import CheckFailed
-from llm_lab.scaling import (ScalingLaw, fit_scaling_law, check_fit_scaling_law, check_compute_optimal, check_huber,
+from llm_lab.scaling import (ScalingLaw, check_fit_scaling_law, check_compute_optimal, check_huber,
                              check_scaling_law)
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol10', Path(__file__).resolve().parents[1] / 'solutions' / '10_scaling.py')
-sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
-
-
-def stub(*a): raise NotImplementedError
+sol = load_solution('10_scaling.py')
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,19 +1,14 @@
 """The exercise checkers of chapter 22 (serving): the solutions and alternatives pass, the stubs are 'not attempted', and a
 table of named wrong implementations is rejected with the expected hint."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from llm_lab.core import CheckFailed
 from llm_lab.serve import check_append_slots, check_accept_or_resample, check_schedule_step, append_slots, schedule_step
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol22', Path(__file__).resolve().parents[1] / 'solutions' / '22_serving.py')
-sol = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(sol)
-
-
-def stub(*a): raise NotImplementedError
+sol = load_solution('22_serving.py')
 
 
 @pytest.mark.parametrize('check', [check_append_slots, check_accept_or_resample, check_schedule_step])

@@ -1,6 +1,4 @@
 """The checkers of chapter 09's exercises: the stub is 'not written yet', correct variants pass, named mistakes are rejected with their hint."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,12 +6,9 @@ import torch
 from llm_lab.core import CheckFailed
 from llm_lab.model import forward_flops_per_token
 from llm_lab.train import check_grad_accumulation, check_mfu, check_train_step
+from conftest import load_solution, stub
 
-_spec = importlib.util.spec_from_file_location('sol09', Path(__file__).parents[1] / 'solutions' / '09_pretraining.py')
-SOL = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(SOL)
-
-
-def stub(*args): raise NotImplementedError  # your code here
+SOL = load_solution('09_pretraining.py')
 
 
 @pytest.mark.parametrize('check', [check_grad_accumulation, check_mfu, check_train_step])
