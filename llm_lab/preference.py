@@ -127,6 +127,7 @@ def pair_logps(model: nn.Module, pairs: Sequence[Pair], pad_id: int) -> tuple[to
 def train_dpo(policy: nn.Module, ref: nn.Module, pairs: Sequence[Pair], pad_id: int, # trained in place; frozen; data
               beta: float = 0.1, loss_type: str = 'sigmoid', # 'sigmoid' (DPO), 'ipo' or 'hinge'
               steps: int = 60, batch_size: int = 16, lr: float = 1e-4, seed: int = 0,
+              nll_weight: float = 0.0, # > 0: plus the per-token NLL of the chosen answers (RPO), which keeps their likelihood up
              ) -> dict:
     "Preference optimisation on fixed pairs; returns {'loss': [...], 'reward_acc': [...], 'margin': [...]} per step."
     rng, pairs = random.Random(seed), list(pairs)
@@ -140,7 +141,8 @@ def train_dpo(policy: nn.Module, ref: nn.Module, pairs: Sequence[Pair], pad_id: 
         c, r, nc, nr = pair_logps(policy, [pairs[i] for i in idx], pad_id)
         rc, rr = ref_c[idx], ref_r[idx]
         loss, wc, wr = dpo_loss(c, r, rc, rr, beta, loss_type, nc, nr)
-        opt.zero_grad(set_to_none=True); loss.mean().backward()
+        total = loss.mean() - nll_weight * (c / nc).mean()
+        opt.zero_grad(set_to_none=True); total.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0); opt.step()
         hist['loss'].append(loss.mean().item()); hist['reward_acc'].append((wc > wr).float().mean().item())
         hist['margin'].append((wc - wr).mean().item())
@@ -195,16 +197,20 @@ def _one_number(prompt, reply):
     return m.group() if m and prompt.startswith(('How many', 'What is')) else reply
 
 def _given_items(prompt, reply):
-    left, kept = Counter(_given(prompt) or []), []
-    for w in reply.split():
+    given = _given(prompt)
+    if given is None: return reply
+    left, kept = Counter(given), []
+    for w in reply.split():                                   # keep the given items in the reply's own order...
         if left[w] > 0: kept.append(w); left[w] -= 1
-    return ' '.join(kept) if _given(prompt) is not None else reply
+    for w in given:                                           # ...then add the missing ones in the prompt's order
+        if left[w] > 0: kept.append(w); left[w] -= 1
+    return ' '.join(kept)
 
 # %% ../nbs/5_alignment/16_preference.ipynb #ca10003a
 CONSTITUTION = {   # name: (the principle, the rewrite that makes a reply follow it)
     'no filler': ("Answer without filler such as 'Sure!' or 'The answer is'.", _no_filler),
     'a number': ("Answer a question about a number with that number only.", _one_number),
-    'only the given items': ("When asked to sort, reverse or repeat a list, use only its items, each at most as often as given.", _given_items),
+    'the given items': ("When asked to sort, reverse or repeat a list, answer with exactly its items, each as often as given.", _given_items),
 }
 
 def critique(prompt: str, reply: str, constitution: dict = CONSTITUTION) -> list[str]:
@@ -258,6 +264,7 @@ def train_grpo(policy: nn.Module, ref: nn.Module, tok, tasks: Sequence[Task], # 
                steps: int = 20, prompts_per_step: int = 8, group_size: int = 8, epochs: int = 2, # epochs over each batch of samples
                max_new_tokens: int = 16, lr: float = 1e-4, eps: float = 0.2, beta: float = 0.04,
                how: str = 'sequence', scale: bool = True, seed: int = 0,
+               temperature: float = 1.0, # of the sampled groups (< 1: closer to the greedy answers that are evaluated)
               ) -> dict:
     "GRPO: per step sample a group per prompt, group-normalise rewards, take `epochs` clipped steps; returns reward/length/KL curves."
     dev = next(policy.parameters()).device
@@ -267,7 +274,7 @@ def train_grpo(policy: nn.Module, ref: nn.Module, tok, tasks: Sequence[Task], # 
     for _ in range(steps):
         batch = rng.sample(list(tasks), prompts_per_step)
         policy.eval()
-        groups = sample_answers(policy, tok, [t.prompt for t in batch], group_size, max_new_tokens, 1.0, g)
+        groups = sample_answers(policy, tok, [t.prompt for t in batch], group_size, max_new_tokens, temperature, g)
         rewards = torch.tensor([[reward_fn(t, r.text) for r in rs] for t, rs in zip(batch, groups)])   # (N, G)
         adv = group_advantages(rewards, scale=scale).flatten()                                          # (N*G,)
         flat = [r for rs in groups for r in rs]

@@ -145,8 +145,9 @@ def test_reward_model_labeller(lm):
 @pytest.mark.parametrize('prompt, reply, broken, revised', [
     ('How many times does cat appear in: cat dog cat?', 'Sure! 2 cats', ['no filler', 'a number'], '2'),
     ('What is 3 + 4?', '7', [], '7'),
-    ('Sort these digits: 3 1 2', '1 2 3 3 9', ['only the given items'], '1 2 3'),
-    ('Reverse the order of these words: cat dog', 'The answer is dog cat', ['no filler', 'only the given items'], 'dog cat'),
+    ('Sort these digits: 3 1 2', '1 2 3 3 9', ['the given items'], '1 2 3'),
+    ('Reverse the order of these words: rock salt milk', 'salt door', ['the given items'], 'salt rock milk'),
+    ('Reverse the order of these words: cat dog', 'The answer is dog cat', ['no filler', 'the given items'], 'dog cat'),
     ('Join these words with commas: cat dog', 'cat,dog', [], 'cat,dog'),                 # not a list to re-arrange
     ('Which keyword is this about? The ___ statement: loops.', 'for', [], 'for'),        # a colon, but no list
 ])
