@@ -425,7 +425,7 @@ class PPOConfig:
     lr: float = 3e-5                 # the policy's learning rate
     value_lr: float = 1e-3           # the value head's: it starts at zero and must catch up within a few steps
     max_new_tokens: int = 12
-    temperature: float = 1.0
+    temperature: float = 1.0         # sampling temperature; the log-probs of rollout and update use the same
     init_kl_coef: float = 0.1        # beta at the start
     adaptive_kl: bool = True         # False: beta stays at init_kl_coef
     kl_target: float = 2.0           # nats per response the adaptive controller aims at
@@ -445,6 +445,7 @@ class PPOConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of minibatch_size ({self.minibatch_size})")
         for k in ('steps', 'ppo_epochs', 'max_new_tokens'):
             if getattr(self, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.temperature <= 0: raise ValueError(f"temperature must be > 0 (PPO needs a sampling distribution), got {self.temperature}")
         if self.init_kl_coef < 0 or self.cliprange <= 0 or self.cliprange_value <= 0:
             raise ValueError(f"init_kl_coef must be >= 0 and the clip ranges > 0, got {self.init_kl_coef}, {self.cliprange}, {self.cliprange_value}")
 
@@ -463,9 +464,10 @@ def ppo_rollout(model: PolicyWithValue, ref: nn.Module, # the policy with its va
     ids, rmask = concat_responses([r.prompt_ids for r in rolls], [r.response_ids for r in rolls], tok.eot_id)
     ids, rmask = ids.to(dev), rmask.to(dev)
     logits, values = model(ids)
+    logits = logits / cfg.temperature                                              # the distribution the answers were sampled from
     mask = rmask[:, 1:]                                                            # (B, T-1) the predicted token is a response token
     logps = token_logprobs(logits, ids) * mask
-    ref_logps, _ = response_logprobs(ref, ids, rmask)
+    ref_logps = token_logprobs(model_logits(ref, ids) / cfg.temperature, ids) * mask   # the reference at the same temperature (as TRL)
     end = tok.special_tokens['<|end|>']
     stopped = torch.tensor([bool(r.response_ids) and r.response_ids[-1] == end for r in rolls], device=dev)
     scores = reward_model(ids).float() - cfg.missing_eos_penalty * (~stopped).float()
@@ -481,12 +483,14 @@ def ppo_loss(model: PolicyWithValue, mb: dict, # a minibatch of a rollout (see `
              cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
     "Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy, on one minibatch."
     logits, values = model(mb['ids'])
+    logits = logits / cfg.temperature                                              # as in the rollout: ratio 1 before the first step
     m = mb['mask']
     logps = token_logprobs(logits, mb['ids']) * m
     pg, info = clipped_pg_loss(logps, mb['old_logps'], mb['advantages'], m, cfg.cliprange)
     vf, vinfo = clipped_value_loss(values[:, :-1] * m, mb['old_values'], mb['returns'], m, cfg.cliprange_value)
     ent = masked_mean(token_entropy(logits[:, :-1]), m)
-    return pg + cfg.vf_coef * vf - cfg.ent_coef * ent, {'pg_loss': pg.item(), 'vf_loss': vf.item(), **info, **vinfo}
+    ratio = masked_mean(torch.exp(logps - mb['old_logps']), m).item()              # exactly 1 on the first minibatch: a bug detector
+    return pg + cfg.vf_coef * vf - cfg.ent_coef * ent, {'pg_loss': pg.item(), 'vf_loss': vf.item(), 'ratio': ratio, **info, **vinfo}
 
 def ppo_update(model: PolicyWithValue, opt: torch.optim.Optimizer, batch: dict, cfg: PPOConfig,
                generator: torch.Generator | None = None) -> dict:

@@ -121,3 +121,41 @@ def test_tiny_ppo_run_raises_the_reward_deterministically(lm):
     _, h2 = _run(lm, 3)
     assert h2['reward'] == h['reward'][:3] and h2['kl'] == h['kl'][:3]    # same seed, same run
 
+
+
+def test_rollout_logprobs_are_those_of_the_sampling_temperature(lm):
+    """At temperature T the answers come from softmax(logits / T): the old log-probs, the reference's and the update's must all use T
+    (they used T = 1 before: the ratio was 1 but of the wrong distribution, and the KL was measured at another temperature)."""
+    from llm_lab.rlhf import ppo_rollout, ppo_loss, token_logprobs, model_logits
+    model, tok = lm
+    policy, ref = PolicyWithValue(copy.deepcopy(model)), copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        for p in ref.parameters(): p.add_(0.05 * torch.randn_like(p))      # a reference that differs from the policy
+    cfg = PPOConfig(batch_size=8, minibatch_size=8, max_new_tokens=5, temperature=0.5, missing_eos_penalty=0.0)
+    def scores(ids): return torch.zeros(len(ids))
+    b = ppo_rollout(policy, ref, scores, tok, make_tasks(8, kinds=('add',), seed=0), cfg, 0.1, torch.Generator().manual_seed(0))
+    m = b['mask']
+    with torch.no_grad():
+        want = token_logprobs(model_logits(policy.policy, b['ids']) / 0.5, b['ids']) * m
+        want_ref = token_logprobs(model_logits(ref, b['ids']) / 0.5, b['ids']) * m
+        at_one = token_logprobs(model_logits(policy.policy, b['ids']), b['ids']) * m
+    assert m.sum() > 8 and (want - at_one)[m].abs().max() > 0.1          # the temperature matters for these tokens
+    assert torch.allclose(b['old_logps'], want, atol=1e-5)
+    assert torch.allclose(b['kl'], ((want - want_ref) * m).sum(-1), atol=1e-4)
+    policy.train()
+    _, info = ppo_loss(policy, {k: b[k] for k in ('ids', 'mask', 'old_logps', 'old_values', 'advantages', 'returns')}, cfg)
+    assert info['ratio'] == pytest.approx(1.0, abs=1e-6) and info['clip_frac'] == 0.0   # before any step the update sees the same policy
+
+
+def test_first_minibatch_ratio_is_one_in_training(lm):
+    "train_ppo's first update: the mean ratio over the first epoch's first minibatch is exactly 1 (same model, same tokens, same temperature)."
+    from llm_lab import rlhf
+    seen = []
+    orig = rlhf.ppo_loss
+    def spy(model, mb, cfg):
+        loss, s = orig(model, mb, cfg); seen.append(s['ratio']); return loss, s
+    rlhf.ppo_loss = spy
+    try: _run(lm, 1)
+    finally: rlhf.ppo_loss = orig
+    assert seen[0] == pytest.approx(1.0, abs=1e-6) and len(seen) == 4    # 16 answers / 8 per minibatch * 2 epochs
+    assert any(abs(r - 1) > 1e-4 for r in seen[1:])                       # later minibatches see the updated policy
