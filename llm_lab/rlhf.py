@@ -24,8 +24,8 @@ __all__ = ['PADDING', 'model_logits', 'token_logprobs', 'concat_responses', 'res
            'Preference', 'load_preferences', 'candidate_replies', 'preference_pairs', 'bradley_terry_loss',
            'RewardModel', 'encode_replies', 'encode_pairs', 'train_reward_model', 'pair_margins', 'PolicyWithValue',
            'ppo_rewards', 'masked_whiten', 'clipped_value_loss', 'FixedKLController', 'AdaptiveKLController',
-           'PPOConfig', 'ppo_rollout', 'ppo_loss', 'ppo_update', 'train_ppo', 'check_gae', 'check_clipped_loss',
-           'check_value_loss']
+           'PPOConfig', 'ppo_rollout', 'ppo_loss', 'ppo_update', 'train_ppo', 'GoldRewardModel', 'check_gae',
+           'check_clipped_loss', 'check_value_loss']
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #506b2e4d
 def model_logits(model: nn.Module, # our GPT or any HF causal LM
@@ -540,6 +540,28 @@ def train_ppo(policy: nn.Module, # a GPT (trained in place; a zero value head is
         for k, v in row.items(): hist.setdefault(k, []).append(v)
     model.eval()
     return hist
+
+# %% ../nbs/5_alignment/15_rlhf.ipynb #gold-rm
+class GoldRewardModel:
+    "The gold reward as a reward model: ids (B, T) of prompt + answer (chat template, right-padded) -> (B,) `gold_reward` of each answer."
+    def __init__(self, tok, # the chat tokenizer
+                 tasks: Sequence[Task], # every task whose prompt PPO may sample
+                 **kw): # passed on to `gold_reward` (length_penalty)
+        self.tok, self.kw, self.tasks = tok, kw, {t.prompt: t for t in tasks}
+        self.user, self.end, self.asst = (tok.special_tokens[s] for s in ('<|user|>', '<|end|>', '<|assistant|>'))
+        self.special = set(tok.special_tokens.values())
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        out = []
+        for row in ids.tolist():
+            u = row.index(self.user); e = row.index(self.end, u); a = row.index(self.asst, e)
+            prompt, answer = self.tok.decode(row[u + 1:e]), row[a + 1:]
+            if prompt not in self.tasks: raise KeyError(f"no task has the prompt {prompt!r}: give GoldRewardModel every task PPO samples")
+            answer = answer[:answer.index(self.end)] if self.end in answer else answer          # cut at <|end|>, as the sampler does
+            text = self.tok.decode([t for t in answer if t not in self.special]).strip()
+            out.append(gold_reward(self.tasks[prompt], text, **self.kw))
+        return torch.tensor(out, device=ids.device)
+
 
 # %% ../nbs/5_alignment/15_rlhf.ipynb #c1206911
 def _ri(g, lo, hi): return int(torch.randint(lo, hi + 1, (1,), generator=g))

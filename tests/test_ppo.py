@@ -159,3 +159,18 @@ def test_first_minibatch_ratio_is_one_in_training(lm):
     finally: rlhf.ppo_loss = orig
     assert seen[0] == pytest.approx(1.0, abs=1e-6) and len(seen) == 4    # 16 answers / 8 per minibatch * 2 epochs
     assert any(abs(r - 1) > 1e-4 for r in seen[1:])                       # later minibatches see the updated policy
+
+
+def test_gold_reward_model_scores_what_the_sampler_answered(lm):
+    from llm_lab.rlhf import GoldRewardModel, gold_reward, concat_responses, encode_replies
+    from llm_lab.preference import sample_answers
+    model, tok = lm
+    tasks = make_tasks(12, kinds=('add',), seed=1)
+    grm = GoldRewardModel(tok, tasks)
+    rolls = [r[0] for r in sample_answers(model, tok, [t.prompt for t in tasks], 1, 6, 1.0, torch.Generator().manual_seed(0))]
+    ids, _ = concat_responses([r.prompt_ids for r in rolls], [r.response_ids for r in rolls], tok.eot_id)
+    assert grm(ids).tolist() == pytest.approx([gold_reward(t, r.text) for t, r in zip(tasks, rolls)])
+    right = encode_replies(tok, [t.prompt for t in tasks], [t.answer for t in tasks], tok.eot_id)
+    wrong = encode_replies(tok, [t.prompt for t in tasks], [t.answer + ' 7 7' for t in tasks], tok.eot_id)
+    assert grm(right).tolist() == [1.0] * 12 and grm(wrong).tolist() == pytest.approx([-0.1] * 12)   # wrong, and two words too long
+    with pytest.raises(KeyError, match='no task has the prompt'): GoldRewardModel(tok, tasks[1:])(right[:1])
