@@ -517,6 +517,8 @@ def train_ppo(policy: nn.Module, # a GPT (trained in place; a zero value head is
              ) -> dict:
     "PPO with a KL penalty; returns per-step lists (reward = learned, gold, accuracy, kl, beta, entropy, length, losses) and 'evals' (the callback's dicts)."
     cfg = cfg or PPOConfig()
+    if {id(p) for p in policy.parameters()} & {id(p) for p in ref.parameters()}:
+        raise ValueError("policy and ref share parameters: the reference must be a frozen copy (copy.deepcopy(sft)), or it moves with the policy")
     model = policy if isinstance(policy, PolicyWithValue) else PolicyWithValue(policy).to(next(policy.parameters()).device)
     dev = next(model.parameters()).device
     rng, g = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)

@@ -174,3 +174,12 @@ def test_gold_reward_model_scores_what_the_sampler_answered(lm):
     wrong = encode_replies(tok, [t.prompt for t in tasks], [t.answer + ' 7 7' for t in tasks], tok.eot_id)
     assert grm(right).tolist() == [1.0] * 12 and grm(wrong).tolist() == pytest.approx([-0.1] * 12)   # wrong, and two words too long
     with pytest.raises(KeyError, match='no task has the prompt'): GoldRewardModel(tok, tasks[1:])(right[:1])
+
+
+def test_reference_sharing_the_policy_weights_is_refused(lm):
+    model, tok = lm
+    policy = copy.deepcopy(model)
+    with pytest.raises(ValueError, match='share parameters'):
+        train_ppo(policy, policy, lambda ids: torch.zeros(len(ids)), tok, make_tasks(8, kinds=('add',)), PPOConfig(steps=1, batch_size=8, minibatch_size=8))
+    with pytest.raises(ValueError, match='share parameters'):
+        train_ppo(PolicyWithValue(policy), policy, lambda ids: torch.zeros(len(ids)), tok, make_tasks(8, kinds=('add',)), PPOConfig(steps=1, batch_size=8, minibatch_size=8))
