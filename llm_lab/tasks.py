@@ -11,8 +11,8 @@ from typing import Callable, Iterable, Sequence
 from .core import embedded_corpus
 
 # %% auto #0
-__all__ = ['TASK_KINDS', 'WORDS', 'PYTHON_KEYWORDS', 'TASK_MAKERS', 'normalize_answer', 'Task', 'keyword_questions', 'is_heldout',
-           'make_tasks', 'task_text', 'task_corpus', 'exact_match']
+__all__ = ['TASK_KINDS', 'WORDS', 'PYTHON_KEYWORDS', 'SITE_BUILTINS', 'TASK_MAKERS', 'normalize_answer', 'Task',
+           'keyword_questions', 'is_heldout', 'make_tasks', 'task_text', 'task_corpus', 'exact_match']
 
 # %% ../nbs/3_pretraining/08a_tasks.ipynb #f1060fda
 TASK_KINDS = ('add', 'multiply', 'copy', 'reverse', 'sort', 'count', 'format', 'keyword')
@@ -77,10 +77,12 @@ def _task_format(rng):
 PYTHON_KEYWORDS = ('assert', 'async', 'await', 'break', 'class', 'continue', 'del', 'else', 'for', 'global', 'if',
                    'import', 'in', 'lambda', 'nonlocal', 'pass', 'raise', 'return', 'try', 'while', 'with', 'yield')  # those with a section
 
+SITE_BUILTINS = ('copyright', 'credits', 'exit', 'help', 'license', 'quit')  # what `site` adds to builtins
+
 def keyword_questions(min_len: int = 30, max_len: int = 150, # sentence lengths kept (characters)
                      ) -> list[tuple[str, str]]:
     "(question, answer) pairs from the language reference: which keyword's section a sentence is from (the keyword blanked as ___), and whether a name is a keyword."
-    import builtins, keyword
+    import builtins, keyword, types
     from pydoc_data.topics import topics
     out = set()
     for kw in PYTHON_KEYWORDS:
@@ -88,7 +90,10 @@ def keyword_questions(min_len: int = 30, max_len: int = 150, # sentence lengths 
         for sent in re.split(r'(?<=[.:])\s+(?=[A-Z])', ' '.join(topics[kw].split())):
             if '::=' not in sent and '*' not in sent and min_len <= len(sent) <= max_len:
                 out.add((f"Which keyword is this about? {rx.sub('___', sent)}", kw))
-    names = set(keyword.kwlist) | {n for n in dir(builtins) if n.islower() and not n.startswith('_')}
+    # the builtins of a plain `python` (objects of the builtins module, plus site's helpers), not dir(builtins), which
+    # IPython extends (display, get_ipython): the same pool in a notebook, a script or `python -S`
+    builtin_names = {n for n, v in vars(builtins).items() if isinstance(v, (type, types.BuiltinFunctionType))}
+    names = set(keyword.kwlist) | {n for n in builtin_names | set(SITE_BUILTINS) if n.islower() and not n.startswith('_')}
     out |= {(f"Is {n} a Python keyword?", 'yes' if keyword.iskeyword(n) else 'no') for n in names}
     return sorted(out)
 

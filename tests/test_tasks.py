@@ -55,3 +55,18 @@ def test_errors():
     with pytest.raises(ValueError, match='unknown task kinds'): make_tasks(3, kinds=['poetry'])
     with pytest.raises(ValueError, match='ask for fewer'): make_tasks(500, 'heldout', kinds=['multiply'])
     assert task_text(Task('add', 'What is 1 + 1?', '2')) == 'Q: What is 1 + 1?\nA: 2'
+
+
+def test_keyword_pool_is_the_same_in_a_notebook_a_script_and_python_S(monkeypatch):
+    "IPython adds names to builtins (display, get_ipython) and `python -S` lacks site's; the task pool must not see either."
+    import builtins, os, subprocess, sys
+    from llm_lab.tasks import keyword_questions
+    plain = keyword_questions()
+    monkeypatch.setattr(builtins, 'display', lambda *a: None, raising=False)
+    monkeypatch.setattr(builtins, 'get_ipython', lambda: None, raising=False)
+    assert keyword_questions() == plain
+    code = 'from llm_lab.tasks import keyword_questions; print(len(keyword_questions()), hash(tuple(keyword_questions())))'
+    env = {**os.environ, 'PYTHONHASHSEED': '0', 'PYTHONPATH': os.pathsep.join(p for p in sys.path if p)}  # -S: no site-packages
+    outs = {subprocess.run([sys.executable, *flags, '-c', code], capture_output=True, text=True, check=True, env=env).stdout
+            for flags in ([], ['-S'])}
+    assert len(outs) == 1 and int(next(iter(outs)).split()[0]) == len(plain)
