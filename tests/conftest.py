@@ -44,3 +44,16 @@ def load_solution(filename: str):
 def stub(*args):
     "What a learner starts from: every exercise stub raises NotImplementedError."
     raise NotImplementedError
+
+
+@pytest.fixture(scope='module')
+def lm():
+    "A tiny random GPT with the chat tokens and a BPE tokenizer trained on arithmetic prompts (chapters 15-16's tests)."
+    import torch
+    from llm_lab.model import GPT, GPTConfig
+    from llm_lab.tokenizer import BPETokenizer, EOT
+    docs = [f"What is {a} + {b}? {a + b}. Sort these digits: 3 1 2" for a in range(10) for b in range(10)]
+    tok = BPETokenizer.train(docs, 300, special_tokens=[EOT, '<|user|>', '<|assistant|>', '<|end|>'])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.gpt2(vocab_size=tok.vocab_size, context_len=64, n_layer=2, n_head=2, d_model=32)).eval()
+    return model, tok

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from llm_lab.model import GPT, GPTConfig
-from llm_lab.tokenizer import BPETokenizer, EOT
 from llm_lab.tasks import make_tasks
 from llm_lab.rlhf import (PolicyWithValue, ppo_rewards, masked_whiten, clipped_value_loss, FixedKLController, AdaptiveKLController,
                           PPOConfig, train_ppo, masked_mean, gae)
@@ -81,15 +79,6 @@ def test_adaptive_kl_controller_formula():
 def test_config_validation():
     with pytest.raises(ValueError, match='minibatch_size'): PPOConfig(batch_size=10, minibatch_size=4)
     with pytest.raises(ValueError, match='steps'): PPOConfig(steps=0)
-
-
-@pytest.fixture(scope='module')
-def lm():
-    docs = [f"What is {a} + {b}? {a + b}. Sort these digits: 3 1 2" for a in range(10) for b in range(10)]
-    tok = BPETokenizer.train(docs, 300, special_tokens=[EOT, '<|user|>', '<|assistant|>', '<|end|>'])
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.gpt2(vocab_size=tok.vocab_size, context_len=64, n_layer=2, n_head=2, d_model=32)).eval()
-    return model, tok
 
 
 def test_value_head_shares_the_body(lm):

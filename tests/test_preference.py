@@ -9,23 +9,12 @@ import pytest
 import torch
 
 from conftest import require
-from llm_lab.model import GPT, GPTConfig
-from llm_lab.tokenizer import BPETokenizer, EOT
 from llm_lab.tasks import Task, make_tasks
 from llm_lab.rlhf import kl_estimate, masked_mean
 from llm_lab.rlhf import RewardModel, encode_replies, gold_prefers, gold_reward
 from llm_lab.preference import (Rollout, sample_answers, chat_prompt_ids, evaluate_policy, win_rate, Pair, preference_pairs,
                                 pair_logps, train_dpo, implicit_reward_accuracy, grpo_loss, train_grpo, accuracy_gain,
                                 reward_model_labeller, agreement, relabel, critique, revise, train_on_answers, comparison_table)
-
-
-@pytest.fixture(scope='module')
-def lm():
-    docs = [f"What is {a} + {b}? {a + b}. Sort these digits: 3 1 2" for a in range(10) for b in range(10)]
-    tok = BPETokenizer.train(docs, 300, special_tokens=[EOT, '<|user|>', '<|assistant|>', '<|end|>'])
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.gpt2(vocab_size=tok.vocab_size, context_len=64, n_layer=2, n_head=2, d_model=32)).eval()
-    return model, tok
 
 
 def test_sample_answers(lm):
